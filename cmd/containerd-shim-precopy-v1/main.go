@@ -1,0 +1,22 @@
+//go:build linux
+
+// Command containerd-shim-precopy-v1 is the precopy runtime shim. It is
+// containerd's own runc-v2 shim (pkg/shim + the runc-v2 manager and task
+// service) with precopy's task service wrapped around it, so it can be
+// installed as io.containerd.precopy.v1 or in place of
+// containerd-shim-runc-v2.
+package main
+
+import (
+	"context"
+
+	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
+	"github.com/containerd/containerd/v2/pkg/shim"
+
+	precopyshim "github.com/precopy/precopy/shim"
+	_ "github.com/precopy/precopy/shim/plugin"
+)
+
+func main() {
+	shim.RunShim(context.Background(), manager.NewShimManager(precopyshim.RuntimeName()))
+}

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Brings a Debian 12 machine to what precopy builds and tests against:
+# containerd + ctr + containerd-shim-runc-v2 and runc built from their Go
+# modules, CRIU built from Debian trixie's source tarball, and the Debian
+# packages CRIU, runc and the soft-dirty VM tier need. Idempotent: each piece
+# is checked first and only installed when missing or at another version.
+#
+# Uses only Debian's package archive and the Go module proxy.
+set -euo pipefail
+
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
+RUNC_VERSION=${RUNC_VERSION:-1.5.2}
+CRIU_VERSION=${CRIU_VERSION:-4.1.1}
+PREFIX=${PREFIX:-/usr/local}
+CACHE=${PRECOPY_CACHE:-/var/cache/precopy}
+
+log() { printf 'deps: %s\n' "$*" >&2; }
+die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (installs packages and binaries under $PREFIX)"
+command -v go >/dev/null || die "go is not on PATH (Go 1.24 or newer is needed)"
+
+debian_packages=(
+	# build and CRIU's libraries
+	build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev
+	protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
+	libnftables-dev libgnutls28-dev uuid-dev libaio-dev xz-utils
+	# runtime: CRIU's network lock needs iptables-restore; runc's seccomp
+	iptables libseccomp-dev
+	# the soft-dirty VM tier
+	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2
+)
+
+install_debian_packages() {
+	local missing=()
+	for p in "${debian_packages[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	if [ ${#missing[@]} -eq 0 ]; then
+		log "Debian packages: present"
+		return
+	fi
+	log "Debian packages: installing ${missing[*]}"
+	apt-get update -q >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# have BINARY VERSION-REGEX: true when BINARY answers --version with it.
+have() {
+	local bin=$1 want=$2
+	[ -x "$PREFIX/bin/$bin" ] || return 1
+	"$PREFIX/bin/$bin" --version 2>/dev/null | grep -E "$want" >/dev/null
+}
+
+go_install() { # go_install LDFLAGS PKG@VERSION...
+	local ldflags=$1; shift
+	local tmp; tmp=$(mktemp -d)
+	GOBIN=$tmp GOFLAGS=-mod=mod go install -ldflags "$ldflags" "$@" || { rm -rf "$tmp"; die "go install $* failed"; }
+	install -m 0755 "$tmp"/* "$PREFIX/bin/"
+	rm -rf "$tmp"
+}
+
+install_containerd() {
+	if have containerd " v?${CONTAINERD_VERSION//./\\.}( |$)" && have ctr "${CONTAINERD_VERSION//./\\.}" &&
+		[ -x "$PREFIX/bin/containerd-shim-runc-v2" ] &&
+		"$PREFIX/bin/containerd-shim-runc-v2" -v 2>/dev/null | grep -q "${CONTAINERD_VERSION}"; then
+		log "containerd $CONTAINERD_VERSION: present"
+		return
+	fi
+	log "containerd $CONTAINERD_VERSION: building containerd, ctr, containerd-shim-runc-v2"
+	local m=github.com/containerd/containerd/v2
+	go_install "-X $m/version.Version=v$CONTAINERD_VERSION" \
+		"$m/cmd/containerd@v$CONTAINERD_VERSION" "$m/cmd/ctr@v$CONTAINERD_VERSION" \
+		"$m/cmd/containerd-shim-runc-v2@v$CONTAINERD_VERSION"
+}
+
+install_runc() {
+	if have runc "^runc version ${RUNC_VERSION//./\\.}$"; then
+		log "runc $RUNC_VERSION: present"
+		return
+	fi
+	log "runc $RUNC_VERSION: building"
+	CGO_ENABLED=1 go_install "-X main.version=$RUNC_VERSION" -tags seccomp \
+		"github.com/opencontainers/runc@v$RUNC_VERSION"
+}
+
+# CRIU is built from Debian trixie's source tarball: Debian 12's criu 3.17
+# fails on newer kernels (vDSO). The tarball is fetched through apt with a
+# private source list, so its hash is checked against trixie's signed Sources
+# index, and the machine's own apt configuration is left untouched.
+install_criu() {
+	if [ -x "$PREFIX/sbin/criu" ] && "$PREFIX/sbin/criu" --version 2>/dev/null | grep -q "^Version: ${CRIU_VERSION}$"; then
+		log "criu $CRIU_VERSION: present"
+		return
+	fi
+	log "criu $CRIU_VERSION: building from Debian trixie's source"
+	local apt="$CACHE/apt-trixie"
+	mkdir -p "$apt/lists/partial" "$CACHE/src"
+	echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" >"$apt/sources.list"
+	local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$apt/lists")
+	apt-get "${opts[@]}" update -q >/dev/null
+	local tarball="criu_${CRIU_VERSION}.orig.tar.xz"
+	if [ ! -f "$CACHE/src/$tarball" ]; then
+		# The .dsc and debian.tar of some versions are missing from the
+		# mirror; the orig tarball is all that is needed, so the error for
+		# the others is tolerated and the tarball's hash is checked below.
+		(cd "$CACHE/src" && apt-get "${opts[@]}" source --download-only "criu=${CRIU_VERSION}-1" >/dev/null 2>&1 || true)
+		[ -f "$CACHE/src/$tarball" ] || die "could not download $tarball from Debian trixie's sources"
+	fi
+	local sha index
+	sha=$(sha256sum "$CACHE/src/$tarball" | cut -d' ' -f1)
+	index=$(ls "$apt"/lists/*trixie_main_source_Sources*)
+	/usr/lib/apt/apt-helper cat-file "$index" | grep -E "^ $sha [0-9]+ $tarball$" >/dev/null ||
+		die "$tarball: SHA256 $sha is not in trixie's Sources index"
+	local build; build=$(mktemp -d)
+	tar -C "$build" -xf "$CACHE/src/$tarball"
+	make -C "$build/criu-$CRIU_VERSION" -j"$(nproc)" criu >"$build/build.log" 2>&1 ||
+		{ tail -20 "$build/build.log" >&2; die "criu $CRIU_VERSION build failed"; }
+	install -D -m 0755 "$build/criu-$CRIU_VERSION/criu/criu" "$PREFIX/sbin/criu"
+	rm -rf "$build"
+}
+
+install_debian_packages
+install_containerd
+install_runc
+install_criu
+log "ready: $("$PREFIX/bin/containerd" --version | cut -d' ' -f3), runc $("$PREFIX/bin/runc" --version | head -1 | cut -d' ' -f3), criu $("$PREFIX/sbin/criu" --version | head -1 | cut -d' ' -f2)"
