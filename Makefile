@@ -1,0 +1,59 @@
+# precopy: see README.md. `make demo` and `make test` set everything up.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := build
+
+OUT      := $(CURDIR)/_output
+BIN      := $(OUT)/bin
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+# The shim prints containerd's version for -v unless told its own.
+LDFLAGS  := -X github.com/containerd/containerd/v2/version.Version=$(VERSION) \
+            -X github.com/containerd/containerd/v2/version.Revision=$(REVISION)
+PREFIX   ?= /usr/local
+
+# Integration tests to run (a go test -run pattern) in each tier.
+RUN      ?= .
+VM_RUN   ?= $(RUN)
+TEST_TIMEOUT ?= 30m
+
+export PRECOPY_BIN_DIR := $(BIN)
+# Integration tests fail, not skip, when the stack is missing.
+export PRECOPY_REQUIRE_STACK := 1
+
+.PHONY: build deps install test test-unit test-integration test-vm demo clean
+
+build:
+	mkdir -p $(BIN)
+	CGO_ENABLED=0 go build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 go build -o $(BIN)/ ./integration/workloads/memload
+
+deps:
+	bash hack/deps.sh
+
+install: build
+	install -m 0755 $(BIN)/containerd-shim-precopy-v1 $(PREFIX)/bin/
+
+# Every tier: unit tests, integration tests on this kernel, and the
+# integration tests again in the soft-dirty VM.
+test: deps build
+	rm -f $(OUT)/test-*.log
+	$(MAKE) --no-print-directory test-unit test-integration test-vm; rc=$$?; \
+		bash hack/test-summary.sh $(OUT)/test-*.log; exit $$rc
+
+test-unit:
+	go test -count=1 -v $$(go list ./... | grep -v '/integration$$') 2>&1 | tee $(OUT)/test-unit.log
+
+test-integration: build
+	go test -count=1 -v -timeout $(TEST_TIMEOUT) -run '$(RUN)' ./integration/ 2>&1 | tee $(OUT)/test-integration.log
+
+test-vm: build
+	go test -c -o $(OUT)/integration.test ./integration/
+	bash integration/vm/run.sh -- $(OUT)/integration.test -test.v -test.count=1 \
+		-test.timeout $(TEST_TIMEOUT) -test.run '$(VM_RUN)' 2>&1 | tee $(OUT)/test-vm.log
+
+demo: deps build
+	bash hack/demo.sh
+
+clean:
+	rm -rf $(OUT)

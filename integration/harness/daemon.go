@@ -1,0 +1,320 @@
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+)
+
+// Options configure a private containerd.
+type Options struct {
+	// ShimDirs go before the inherited PATH of containerd, in this order:
+	// containerd resolves a runtime name such as io.containerd.runc.v2 to
+	// a binary (containerd-shim-runc-v2) on its PATH.
+	ShimDirs []string
+	// Namespace for the tests' containers; also names their cgroups and
+	// runc state, so it must be unique on the machine.
+	Namespace string
+	// ExtraConfig is appended to containerd's config.toml.
+	ExtraConfig string
+}
+
+// Daemon is a private containerd: its root, state, sockets, config and log
+// all live in one temporary directory, so it neither sees nor disturbs any
+// other containerd on the machine.
+type Daemon struct {
+	Dir       string
+	Address   string
+	Namespace string
+	LogPath   string
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+	client *containerd.Client
+}
+
+// disabledPlugins are plugins a private test daemon must not load: CRI
+// needs its own set-up, and NRI listens on a machine-wide socket.
+var disabledPlugins = []string{
+	"io.containerd.grpc.v1.cri",
+	"io.containerd.cri.v1.runtime",
+	"io.containerd.cri.v1.images",
+	"io.containerd.nri.v1.nri",
+}
+
+// StartDaemon starts a private containerd and waits until it serves.
+func StartDaemon(ctx context.Context, o Options) (_ *Daemon, retErr error) {
+	if o.Namespace == "" {
+		return nil, errors.New("start containerd: no namespace given")
+	}
+	dir, err := os.MkdirTemp("", "precopy-ctrd-")
+	if err != nil {
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
+	d := &Daemon{
+		Dir:       dir,
+		Address:   filepath.Join(dir, "containerd.sock"),
+		Namespace: o.Namespace,
+		LogPath:   filepath.Join(dir, "containerd.log"),
+		exited:    make(chan struct{}),
+	}
+	defer func() {
+		if retErr != nil {
+			d.Close()
+		}
+	}()
+	cfg := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfg, []byte(d.config(o.ExtraConfig)), 0o600); err != nil {
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
+	logf, err := os.Create(d.LogPath)
+	if err != nil {
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
+	defer logf.Close()
+
+	d.cmd = exec.Command("containerd", "--config", cfg, "--log-level", "debug")
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.cmd.Env = append(os.Environ(), "PATH="+strings.Join(append(o.ShimDirs, os.Getenv("PATH")), ":"))
+	// If the test binary dies, containerd goes with it; the shims it
+	// started are found by their -address argument in Close.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := d.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
+	go func() { d.cmd.Wait(); close(d.exited) }()
+
+	if err := d.waitServing(ctx); err != nil {
+		return nil, fmt.Errorf("start containerd: %w; its log: %s", err, d.LogTail(20))
+	}
+	return d, nil
+}
+
+func (d *Daemon) config(extra string) string {
+	quoted := make([]string, len(disabledPlugins))
+	for i, p := range disabledPlugins {
+		quoted[i] = fmt.Sprintf("%q", p)
+	}
+	return fmt.Sprintf(`version = 3
+root = %q
+state = %q
+temp = %q
+imports = []
+disabled_plugins = [%s]
+
+[grpc]
+  address = %q
+
+[ttrpc]
+  address = %q
+
+[debug]
+  address = %q
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+%s
+`, filepath.Join(d.Dir, "root"), filepath.Join(d.Dir, "state"), filepath.Join(d.Dir, "tmp"),
+		strings.Join(quoted, ", "), d.Address, d.Address+".ttrpc", filepath.Join(d.Dir, "debug.sock"),
+		filepath.Join(d.Dir, "opt"), extra)
+}
+
+func (d *Daemon) waitServing(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for {
+		select {
+		case <-d.exited:
+			return fmt.Errorf("containerd exited: %v", d.cmd.ProcessState)
+		case <-ctx.Done():
+			return fmt.Errorf("containerd not serving: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if _, err := os.Stat(d.Address); err != nil {
+			continue
+		}
+		c, err := containerd.New(d.Address, containerd.WithDefaultNamespace(d.Namespace))
+		if err != nil {
+			continue
+		}
+		if ok, _ := c.IsServing(ctx); ok {
+			d.client = c
+			return nil
+		}
+		c.Close()
+	}
+}
+
+// Client is a client of this containerd, in the daemon's namespace.
+func (d *Daemon) Client() *containerd.Client { return d.client }
+
+// Context returns ctx in the daemon's namespace.
+func (d *Daemon) Context(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, d.Namespace)
+}
+
+// Ctr runs ctr against this containerd in its namespace and returns its
+// output; a failure's error holds the output.
+func (d *Daemon) Ctr(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "ctr", append([]string{"--address", d.Address, "--namespace", d.Namespace}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return string(out), nil
+}
+
+// RootfsPath is where the shim mounts container id's root filesystem,
+// in containerd's state dir.
+func (d *Daemon) RootfsPath(id string) string {
+	return filepath.Join(d.Dir, "state", "io.containerd.runtime.v2.task", d.Namespace, id, "rootfs")
+}
+
+// LogTail returns the last n lines of containerd's log.
+func (d *Daemon) LogTail(n int) string {
+	b, _ := os.ReadFile(d.LogPath)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Close removes everything the daemon and its tests made: tasks and
+// containers, containerd, any shim left behind, mounts, cgroups, runc state
+// and the temporary directory. It carries on past failures and returns them
+// all.
+func (d *Daemon) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var errs []error
+	if d.client != nil {
+		errs = append(errs, removeContainers(d.Context(ctx), d.client))
+		d.client.Close()
+	}
+	if d.cmd != nil && d.cmd.Process != nil {
+		d.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(10 * time.Second):
+			d.cmd.Process.Kill()
+			<-d.exited
+		}
+	}
+	errs = append(errs,
+		killProcessesWithArg(d.Address),
+		unmountUnder(d.Dir),
+		removeNamespaceCgroups(d.Namespace),
+		os.RemoveAll(filepath.Join("/run/containerd/runc", d.Namespace)),
+		os.RemoveAll(d.Dir),
+	)
+	return errors.Join(errs...)
+}
+
+// removeContainers kills and deletes every task and container of the
+// namespace in ctx. A paused task is thawed first, so the kill lands.
+func removeContainers(ctx context.Context, c *containerd.Client) error {
+	list, err := c.Containers(ctx)
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	var errs []error
+	for _, ctr := range list {
+		if task, err := ctr.Task(ctx, nil); err == nil {
+			if st, err := task.Status(ctx); err == nil && st.Status == containerd.Paused {
+				task.Resume(ctx)
+			}
+			if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil {
+				errs = append(errs, fmt.Errorf("delete task %s: %w", ctr.ID(), err))
+			}
+		}
+		if err := ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
+			errs = append(errs, fmt.Errorf("delete container %s: %w", ctr.ID(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// killProcessesWithArg kills every process with arg in its command line:
+// shims of a private containerd carry its socket as -address.
+func killProcessesWithArg(arg string) error {
+	pids, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range pids {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("\x00"+arg+"\x00")) {
+			continue
+		}
+		var pid int
+		fmt.Sscanf(p, "/proc/%d/cmdline", &pid)
+		if pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("kill %d: %w", pid, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unmountUnder detaches every mount below dir, deepest first.
+func unmountUnder(dir string) error {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var points []string
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
+			points = append(points, fields[4])
+		}
+	}
+	var errs []error
+	for i := len(points) - 1; i >= 0; i-- {
+		if err := syscall.Unmount(points[i], syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", points[i], err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeNamespaceCgroups removes the (by now empty) cgroups containerd's
+// default spec put the namespace's containers in: /<namespace>/<id> in
+// every hierarchy, v1 or v2.
+func removeNamespaceCgroups(ns string) error {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", ns))
+	more, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", ns))
+	var errs []error
+	for _, dir := range append(dirs, more...) {
+		var sub []string
+		filepath.WalkDir(dir, func(p string, e os.DirEntry, err error) error {
+			if err == nil && e.IsDir() {
+				sub = append(sub, p)
+			}
+			return nil
+		})
+		for i := len(sub) - 1; i >= 0; i-- {
+			if err := syscall.Rmdir(sub[i]); err != nil && !errors.Is(err, syscall.ENOENT) {
+				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", sub[i], err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

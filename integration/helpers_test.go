@@ -1,0 +1,205 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+		"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+
+	"github.com/precopy/precopy/integration/harness"
+	"github.com/precopy/precopy/integration/workload"
+)
+
+// testContext is a context in the daemon's namespace that ends with t.
+func testContext(t *testing.T, d *harness.Daemon) context.Context {
+	ctx, cancel := context.WithTimeout(d.Context(context.Background()), 10*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// memloadArgs are the workload's arguments for the tests: enough memory
+// and dirtying that a lost or stale page shows, small enough for the VM.
+var memloadArgs = []string{"-mib", "32", "-dirty-mibps", "8", "-hot", "0.25"}
+
+// runMemload starts the memory workload in a new container on runtime
+// and removes both when t ends. Its stdio are FIFOs to the test's stderr,
+// which CRIU can dump (a host file would not be).
+func runMemload(t *testing.T, d *harness.Daemon, id, runtime string) containerd.Task {
+	t.Helper()
+	ctx := testContext(t, d)
+	c := d.Client()
+	image, err := c.GetImage(ctx, harness.MemloadImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr, err := c.NewContainer(ctx, id,
+		containerd.WithNewSnapshot(id, image),
+		containerd.WithNewSpec(oci.WithImageConfig(image), oci.WithProcessArgs(append([]string{"/" + harness.MemloadBinary}, memloadArgs...)...)),
+		containerd.WithRuntime(runtime, nil))
+	if err != nil {
+		t.Fatalf("create container %s on %s: %v", id, runtime, err)
+	}
+	t.Cleanup(func() { removeContainer(t, d, id) })
+	task, err := ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, os.Stderr, os.Stderr)))
+	if err != nil {
+		t.Fatalf("create task %s: %v", id, err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatalf("start task %s: %v", id, err)
+	}
+	waitMemloadReady(t, d, task)
+	return task
+}
+
+// waitMemloadReady waits until the workload has filled its memory and
+// written its first status.
+func waitMemloadReady(t *testing.T, d *harness.Daemon, task containerd.Task) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		st, err := readStatusFile(d, task)
+		if err == nil && st.Counter > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("memload in %s never reported: %v", task.ID(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// readStatusFile reads the workload's status file through the task's
+// rootfs mount in containerd's state dir.
+func readStatusFile(d *harness.Daemon, task containerd.Task) (workload.Status, error) {
+	return workload.ReadStatus(filepath.Join(d.RootfsPath(task.ID()), "status.json"))
+}
+
+// removeContainer kills and deletes container id if it is still there.
+func removeContainer(t *testing.T, d *harness.Daemon, id string) {
+	ctx, cancel := context.WithTimeout(d.Context(context.Background()), time.Minute)
+	defer cancel()
+	ctr, err := d.Client().LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return
+	}
+	if err != nil {
+		t.Errorf("cleanup %s: %v", id, err)
+		return
+	}
+	if task, err := ctr.Task(ctx, nil); err == nil {
+		if st, err := task.Status(ctx); err == nil && st.Status == containerd.Paused {
+			task.Resume(ctx)
+		}
+		if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			t.Errorf("cleanup task %s: %v", id, err)
+		}
+	}
+	if err := ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		t.Errorf("cleanup container %s: %v", id, err)
+	}
+}
+
+// queryMemload asks the workload, through an exec of `memload query` in
+// its container, to verify its memory and report.
+func queryMemload(t *testing.T, ctx context.Context, task containerd.Task) workload.Status {
+	t.Helper()
+	spec, err := task.Spec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pspec := *spec.Process
+	pspec.Args = []string{"/" + harness.MemloadBinary, "query"}
+	var stdout, stderr bytes.Buffer
+	execID := fmt.Sprintf("query-%d", time.Now().UnixNano())
+	p, err := task.Exec(ctx, execID, &pspec, cio.NewCreator(cio.WithStreams(nil, &stdout, &stderr)))
+	if err != nil {
+		t.Fatalf("exec memload query in %s: %v", task.ID(), err)
+	}
+	defer p.Delete(ctx)
+	statusC, err := p.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		t.Fatalf("start memload query in %s: %v", task.ID(), err)
+	}
+	status := <-statusC
+	if code, _, _ := status.Result(); code != 0 {
+		t.Fatalf("memload query in %s exited %d: %s", task.ID(), code, stderr.String())
+	}
+	// Wait returns at the process exit; the FIFO may still be draining.
+	p.Delete(ctx)
+	st, err := workload.ParseStatus(stdout.Bytes())
+	if err != nil {
+		t.Fatalf("memload query in %s: %v: %q", task.ID(), err, stdout.String())
+	}
+	return st
+}
+
+// checkMemoryContinued asserts that restored is the same process image as
+// before, restored with its memory intact: same start stamp, a counter that
+// went on from where it was, every page as the workload last wrote it, and a
+// checksum equal to the one this test computes from scratch for the
+// restored cursor.
+func checkMemoryContinued(t *testing.T, before, restored workload.Status) {
+	t.Helper()
+	if restored.StartedAt != before.StartedAt {
+		t.Errorf("restored workload started at %v, the checkpointed one at %v: not the same process image", restored.StartedAt, before.StartedAt)
+	}
+	if restored.Counter <= before.Counter {
+		t.Errorf("restored counter %d did not continue from %d", restored.Counter, before.Counter)
+	}
+	if err := restored.Check(); err != nil {
+		t.Errorf("restored memory failed its own verification: %v", err)
+	}
+	if want := expectedChecksum(t, restored); restored.Checksum != want {
+		t.Errorf("restored memory checksum %s, want %s for cursor %d", restored.Checksum, want, restored.QueryCursor)
+	}
+}
+
+// expectedChecksum computes, in this process, the checksum memory must
+// have at the cursor a query reported: its content is a function of the
+// seed and the cursor alone.
+func expectedChecksum(t *testing.T, st workload.Status) string {
+	t.Helper()
+	m, err := workload.NewMemory(make([]byte, st.Pages*workload.PageSize), st.Seed, st.Hot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.SetCursor(st.QueryCursor)
+	m.Fill()
+	return fmt.Sprintf("%08x", m.Checksum())
+}
+
+// shimExe is the binary of the shim serving task: the parent of the
+// container's init process (the shim is its subreaper).
+func shimExe(t *testing.T, ctx context.Context, task containerd.Task) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", task.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pid (comm) state ppid ...
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	exe, err := os.Readlink("/proc/" + fields[1] + "/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return exe
+}
+
+func requireShim(t *testing.T, ctx context.Context, task containerd.Task, want string) {
+	t.Helper()
+	if got := shimExe(t, ctx, task); got != want {
+		t.Fatalf("task %s is served by %s, want %s", task.ID(), got, want)
+	}
+}

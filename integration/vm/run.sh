@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Runs one command inside Debian's 6.1 kernel under qemu and exits with its
+# status. The host kernel lacks CONFIG_MEM_SOFT_DIRTY, so CRIU pre-dump
+# (--track-mem) only works in this guest.
+#
+# The guest sees the host root read-only over 9p with a tmpfs overlay on top
+# (so writes work but vanish), fresh tmpfs /tmp and /run, no network device.
+# The command runs in the caller's working directory with PATH (the caller's,
+# plus the usual sbin/bin dirs), HOME, PRECOPY_* and GO* from the caller, and
+# PRECOPY_IN_VM=1. Its output is streamed; boot noise goes to a console log
+# that is kept and named when the guest fails to report a status.
+#
+# Exit status: the command's; 124 on timeout; 130/143 on SIGINT/SIGTERM;
+# 125 when the guest stopped without reporting one (boot failure, panic).
+set -euo pipefail
+
+usage() {
+	cat >&2 <<-EOF
+		usage: ${0##*/} [-m MEM] [-t TIMEOUT_SECONDS] -- COMMAND [ARGS...]
+		  -m  guest memory, qemu syntax (default \$PRECOPY_VM_MEM or 6G)
+		  -t  seconds before the guest is killed (default \$PRECOPY_VM_TIMEOUT or 1800)
+		env: PRECOPY_VM_CPUS (2), PRECOPY_VM_KERNEL (newest /boot/vmlinuz-6.1.*-amd64),
+		     PRECOPY_CACHE (/var/cache/precopy; the initramfs goes to its vm/ dir)
+	EOF
+	exit 2
+}
+die() { echo "run.sh: $*" >&2; exit 125; }
+
+mem=${PRECOPY_VM_MEM:-6G}
+timeout=${PRECOPY_VM_TIMEOUT:-1800}
+cpus=${PRECOPY_VM_CPUS:-2}
+while getopts m:t:h opt; do
+	case $opt in
+	m) mem=$OPTARG ;;
+	t) timeout=$OPTARG ;;
+	*) usage ;;
+	esac
+done
+shift $((OPTIND - 1))
+[ $# -gt 0 ] || usage
+[[ $timeout =~ ^[0-9]+$ ]] || die "timeout must be whole seconds, got '$timeout'"
+
+# Already inside the guest (a nested TCG VM would crawl): just run it.
+if [ "${PRECOPY_IN_VM:-}" = 1 ]; then exec "$@"; fi
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+kernel=${PRECOPY_VM_KERNEL:-$(ls -v /boot/vmlinuz-6.1.*-amd64 2>/dev/null | tail -n1)}
+[ -r "$kernel" ] || die "no Debian 6.1 kernel in /boot (install linux-image-amd64; hack/deps.sh does)"
+kver=${kernel##*/vmlinuz-}
+moddir=/lib/modules/$kver
+[ -d "$moddir" ] || die "$moddir missing for $kernel"
+grep -qx CONFIG_MEM_SOFT_DIRTY=y "/boot/config-$kver" 2>/dev/null ||
+	die "$kernel is not built with CONFIG_MEM_SOFT_DIRTY=y"
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 ||
+	die "/bin/busybox missing or not static (install busybox-static)"
+cache=${PRECOPY_CACHE:-/var/cache/precopy}/vm
+mkdir -p "$cache"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/precopy-vm.XXXXXX")
+qpid= wd= filter=
+cleanup() {
+	for p in $qpid $wd $filter; do kill -KILL "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# --- initramfs: busybox, the 9p/overlay modules, init.sh as /init ----------
+# Dependency order; Debian 6.1 has them all as plain .ko (compressed ones are
+# unpacked here since busybox insmod may not read them). Built-ins skipped.
+modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
+	netfs fscache 9pnet 9pnet_virtio 9p overlay)
+mod_names=() mod_files=()
+for m in "${modules[@]}"; do
+	f=$(grep -oE "^[^:]*/$m\.ko(\.xz|\.zst|\.gz)?:" "$moddir/modules.dep" | head -n1) || true
+	if [ -n "$f" ]; then
+		mod_names+=("$m") mod_files+=("$moddir/${f%:}")
+	elif ! grep -qE "/$m\.ko$" "$moddir/modules.builtin"; then
+		die "module $m not found for $kver"
+	fi
+done
+# Rebuilt when any input changes; bump layout= when the build steps change.
+key=$({
+	echo "layout=1 $kver ${mod_names[*]}"
+	cat "$here/init.sh" /bin/busybox "${mod_files[@]}"
+} | sha256sum | cut -c1-16)
+initrd=$cache/initramfs-$kver-$key.cpio.gz
+if [ ! -s "$initrd" ]; then
+	root=$tmp/initramfs
+	mkdir -p "$root"/{bin,dev,proc,sys,etc,lib/modules}
+	cp /bin/busybox "$root/bin/busybox"
+	install -m 0755 "$here/init.sh" "$root/init"
+	for i in "${!mod_names[@]}"; do
+		out=$root/lib/modules/${mod_names[i]}.ko
+		case ${mod_files[i]} in
+		*.xz) xz -dc "${mod_files[i]}" >"$out" ;;
+		*.zst) zstd -qdc "${mod_files[i]}" >"$out" ;;
+		*.gz) gzip -dc "${mod_files[i]}" >"$out" ;;
+		*) cp "${mod_files[i]}" "$out" ;;
+		esac
+		echo "${mod_names[i]}" >>"$root/etc/modules"
+	done
+	(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$cache/.initramfs.$$"
+	mv -f "$cache/.initramfs.$$" "$initrd" # atomic: concurrent runs see old or new
+	find "$cache" -maxdepth 1 -name 'initramfs-*.cpio.gz' ! -path "$initrd" -delete
+fi
+
+# --- the per-run read-write share: stage 2, the job, the status -------------
+share=$tmp/share
+mkdir "$share"
+cp "$here/stage2.sh" "$share/stage2.sh"
+marker="@@precopy-vm-$$-$RANDOM$RANDOM@@" # unlikely to appear in real output
+echo "$marker" >"$share/marker"
+
+q() { printf "'%s'" "${1//\'/\'\\\'\'}"; } # POSIX sh quoting (the job runs in dash)
+path=${PATH:-}
+for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+	case ":$path:" in *":$d:"*) ;; *) path=${path:+$path:}$d ;; esac
+done
+{
+	echo "cd $(q "$PWD") || { echo 'run.sh: working directory not visible in the guest' >&2; exit 125; }"
+	echo "export PATH=$(q "$path") HOME=$(q "${HOME:-/root}") PRECOPY_IN_VM=1"
+	while IFS= read -r name; do
+		[[ $name =~ ^(PRECOPY_|GO)[A-Za-z0-9_]*$ && $name != PRECOPY_IN_VM ]] &&
+			echo "export $name=$(q "${!name}")"
+	done < <(compgen -e)
+	printf 'exec'
+	for a in "$@"; do printf ' %s' "$(q "$a")"; done
+	echo
+} >"$share/job"
+
+# --- boot ---------------------------------------------------------------------
+log=$tmp/console.log
+mkfifo "$tmp/out"
+# Console lines keep their \r (guest tty onlcr); only the command's output,
+# between the markers, reaches stdout. sed -u: a tr pipe would hold output back.
+sed -u -n -e 's/\r$//' -e "/^$marker begin\$/,/^$marker end\$/{/^$marker /d;p}" <"$tmp/out" &
+filter=$!
+exec 3>"$tmp/out" # opened here so sed can never block on a fifo nobody opens
+
+# pdeathsig: even if run.sh is SIGKILLed (Go's exec.CommandContext does),
+# qemu and the watchdog die with it. KVM is unavailable here: TCG only.
+# panic=-1 + -no-reboot: a guest panic ends qemu at once instead of hanging.
+setpriv --pdeathsig KILL -- qemu-system-x86_64 \
+	-accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
+	-nodefaults -no-user-config -display none -no-reboot -nic none \
+	-kernel "$kernel" -initrd "$initrd" \
+	-append "console=ttyS0 quiet loglevel=0 panic=-1" \
+	-chardev "stdio,id=con,signal=off,logfile=$log" -serial chardev:con \
+	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+	-virtfs "local,path=$share,mount_tag=results,security_model=none" \
+	</dev/null >&3 2>"$tmp/qemu.err" &
+qpid=$!
+exec 3>&- # qemu holds the only writer now: sed ends when qemu does
+setpriv --pdeathsig KILL -- sleep "$timeout" &
+wd=$!
+
+reason=
+trap 'reason="interrupted by SIGINT"; kill -KILL $qpid 2>/dev/null' INT
+trap 'reason="terminated by SIGTERM"; kill -KILL $qpid 2>/dev/null' TERM
+set +e
+fin=
+wait -n -p fin "$qpid" "$wd" # returns early when a trap fires
+qrc=$?
+if [ "$fin" = "$wd" ]; then
+	reason="timed out after ${timeout}s"
+	kill -KILL "$qpid" 2>/dev/null
+fi
+while kill -0 "$qpid" 2>/dev/null; do wait "$qpid"; qrc=$?; done
+kill "$wd" 2>/dev/null
+wait "$filter"
+set -e
+
+status=$(cat "$share/status" 2>/dev/null)
+if [ -z "$reason" ] && [[ $status =~ ^[0-9]+$ ]]; then exit "$status"; fi
+
+# No status: keep the console log (the temp dir goes away) and say why.
+mkdir -p "$cache/logs"
+find "$cache/logs" -name '*.log' -mtime +7 -delete
+saved=$cache/logs/console-$(date +%Y%m%d-%H%M%S)-$$.log
+{ cat "$log" 2>/dev/null; echo "--- qemu stderr (exit $qrc) ---"; cat "$tmp/qemu.err"; } >"$saved"
+if [ -z "$reason" ]; then
+	if grep -q 'Kernel panic' "$log" 2>/dev/null; then
+		reason="guest kernel panicked"
+	else
+		reason="guest stopped without reporting an exit status (qemu exit $qrc)"
+	fi
+fi
+echo "run.sh: $reason; full console log: $saved" >&2
+case $reason in
+timed*) exit 124 ;;
+*SIGINT) exit 130 ;;
+*SIGTERM) exit 143 ;;
+*) exit 125 ;;
+esac
