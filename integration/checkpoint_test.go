@@ -93,6 +93,7 @@ func TestDropInAsRuncV2(t *testing.T) {
 	d, err := harness.StartDaemon(ctx, harness.Options{
 		ShimDirs:  []string{dropIn, stack.bins.Dir},
 		Namespace: stack.daemon.Namespace + "-dropin",
+		Env:       stack.criuEnv,
 	})
 	if err != nil {
 		t.Fatal(err)

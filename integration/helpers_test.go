@@ -3,7 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
-		"fmt"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"

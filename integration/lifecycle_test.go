@@ -2,7 +2,7 @@ package integration
 
 import (
 	"context"
-		"strings"
+	"strings"
 	"syscall"
 	"testing"
 	"time"

@@ -26,6 +26,8 @@ var stack struct {
 	softDirty bool
 	// noSoftDirty says why pre-dump cannot run on this kernel.
 	noSoftDirty string
+	// criuEnv is what CRIU needs in its environment on this machine.
+	criuEnv []string
 }
 
 func TestMain(m *testing.M) {
@@ -45,10 +47,15 @@ func TestMain(m *testing.M) {
 
 func setUpStack() (cleanup func()) {
 	ctx := context.Background()
-	if err := harness.CheckStack(ctx); err != nil {
+	found, err := harness.CheckStack(ctx)
+	if err != nil {
 		stack.err = err
 		return func() {}
 	}
+	for _, note := range found.Notes {
+		fmt.Fprintln(os.Stderr, "integration: note:", note)
+	}
+	stack.criuEnv = found.CRIUEnv
 	bins, removeBins, err := harness.FindBinaries()
 	if err != nil {
 		stack.err = err
@@ -59,6 +66,7 @@ func setUpStack() (cleanup func()) {
 	d, err := harness.StartDaemon(ctx, harness.Options{
 		ShimDirs:  []string{bins.Dir},
 		Namespace: fmt.Sprintf("precopy-test-%d", os.Getpid()),
+		Env:       stack.criuEnv,
 	})
 	if err != nil {
 		stack.err = err

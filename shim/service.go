@@ -10,9 +10,9 @@ import (
 	"context"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
-	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 )
 
 // Service wraps containerd's runc-v2 task service.

@@ -37,15 +37,19 @@ func main() {
 }
 
 func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
-	if err := harness.CheckStack(ctx); err != nil {
+	found, err := harness.CheckStack(ctx)
+	if err != nil {
 		return err
+	}
+	for _, note := range found.Notes {
+		fmt.Println("note:", note)
 	}
 	bins, removeBins, err := harness.FindBinaries()
 	defer removeBins()
 	if err != nil {
 		return err
 	}
-	d, err := harness.StartDaemon(ctx, harness.Options{ShimDirs: []string{bins.Dir}, Namespace: "precopy-demo"})
+	d, err := harness.StartDaemon(ctx, harness.Options{ShimDirs: []string{bins.Dir}, Namespace: "precopy-demo", Env: found.CRIUEnv})
 	if err != nil {
 		return err
 	}

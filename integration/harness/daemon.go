@@ -28,6 +28,9 @@ type Options struct {
 	Namespace string
 	// ExtraConfig is appended to containerd's config.toml.
 	ExtraConfig string
+	// Env is added to containerd's environment, which its shims, runc and
+	// CRIU inherit (see CRIUEnv).
+	Env []string
 }
 
 // Daemon is a private containerd: its root, state, sockets, config and log
@@ -87,6 +90,7 @@ func StartDaemon(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	d.cmd = exec.Command("containerd", "--config", cfg, "--log-level", "debug")
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.cmd.Env = append(os.Environ(), "PATH="+strings.Join(append(o.ShimDirs, os.Getenv("PATH")), ":"))
+	d.cmd.Env = append(d.cmd.Env, o.Env...)
 	// If the test binary dies, containerd goes with it; the shims it
 	// started are found by their -address argument in Close.
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -165,12 +169,14 @@ func (d *Daemon) Context(ctx context.Context) context.Context {
 }
 
 // Ctr runs ctr against this containerd in its namespace and returns its
-// output; a failure's error holds the output.
+// standard output; a failure's error holds both outputs.
 func (d *Daemon) Ctr(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, "ctr", append([]string{"--address", d.Address, "--namespace", d.Namespace}, args...)...)
-	out, err := cmd.CombinedOutput()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+		return string(out), fmt.Errorf("ctr %s: %w: %s%s", strings.Join(args, " "), err, out, bytes.TrimSpace(stderr.Bytes()))
 	}
 	return string(out), nil
 }
@@ -213,7 +219,9 @@ func (d *Daemon) Close() error {
 		}
 	}
 	errs = append(errs,
-		killProcessesWithArg(d.Address),
+		// Shims carry the socket, runc and CRIU the state and image
+		// directories, in their command lines.
+		killProcessesMentioning(d.Dir),
 		unmountUnder(d.Dir),
 		removeNamespaceCgroups(d.Namespace),
 		os.RemoveAll(filepath.Join("/run/containerd/runc", d.Namespace)),
@@ -246,9 +254,9 @@ func removeContainers(ctx context.Context, c *containerd.Client) error {
 	return errors.Join(errs...)
 }
 
-// killProcessesWithArg kills every process with arg in its command line:
-// shims of a private containerd carry its socket as -address.
-func killProcessesWithArg(arg string) error {
+// killProcessesMentioning kills every process whose command line mentions
+// s.
+func killProcessesMentioning(s string) error {
 	pids, err := filepath.Glob("/proc/[0-9]*/cmdline")
 	if err != nil {
 		return err
@@ -256,7 +264,7 @@ func killProcessesWithArg(arg string) error {
 	var errs []error
 	for _, p := range pids {
 		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte("\x00"+arg+"\x00")) {
+		if err != nil || !bytes.Contains(b, []byte(s)) {
 			continue
 		}
 		var pid int
@@ -295,9 +303,9 @@ func unmountUnder(dir string) error {
 	return errors.Join(errs...)
 }
 
-// removeNamespaceCgroups removes the (by now empty) cgroups containerd's
-// default spec put the namespace's containers in: /<namespace>/<id> in
-// every hierarchy, v1 or v2.
+// removeNamespaceCgroups removes the cgroups containerd's default spec put
+// the namespace's containers in, /<namespace>/<id> in every hierarchy, v1
+// or v2, after thawing and killing whatever a failed test left in them.
 func removeNamespaceCgroups(ns string) error {
 	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", ns))
 	more, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", ns))
@@ -310,11 +318,42 @@ func removeNamespaceCgroups(ns string) error {
 			}
 			return nil
 		})
+		for _, cg := range sub {
+			emptyCgroup(cg)
+		}
 		for i := len(sub) - 1; i >= 0; i-- {
-			if err := syscall.Rmdir(sub[i]); err != nil && !errors.Is(err, syscall.ENOENT) {
+			if err := rmdirRetry(sub[i]); err != nil {
 				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", sub[i], err))
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// emptyCgroup thaws cgroup dir (a frozen process cannot die) and kills its
+// processes.
+func emptyCgroup(dir string) {
+	os.WriteFile(filepath.Join(dir, "freezer.state"), []byte("THAWED"), 0)
+	os.WriteFile(filepath.Join(dir, "cgroup.freeze"), []byte("0"), 0)
+	b, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	for _, f := range strings.Fields(string(b)) {
+		var pid int
+		if _, err := fmt.Sscan(f, &pid); err == nil && pid != os.Getpid() {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// rmdirRetry removes a cgroup, giving killed processes a moment to go.
+func rmdirRetry(dir string) error {
+	for i := 0; ; i++ {
+		err := syscall.Rmdir(dir)
+		if err == nil || errors.Is(err, syscall.ENOENT) {
+			return nil
+		}
+		if !errors.Is(err, syscall.EBUSY) || i == 50 {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -59,16 +59,36 @@ func ParseVersion(s string) (Version, error) {
 	return v, nil
 }
 
-// CheckStack returns nil when everything the integration tests drive is
-// installed at a usable version, else an error whose each line names what
-// is missing and what is needed (`make deps` installs all of it).
-func CheckStack(ctx context.Context) error {
-	var errs []error
+// Stack is what CheckStack found out about this machine's stack.
+type Stack struct {
+	// CRIUEnv is what CRIU needs in its environment here: give it to
+	// StartDaemon as Options.Env.
+	CRIUEnv []string
+	// Notes say what is unusual about this machine, for the log.
+	Notes []string
+}
+
+// CheckStack checks that everything the integration tests drive is
+// installed at a usable version and works on this machine. Its error has a
+// line for each thing missing, saying what is needed (`make deps` installs
+// all of it).
+func CheckStack(ctx context.Context) (Stack, error) {
+	var s Stack
 	if os.Geteuid() != 0 {
-		errs = append(errs, errors.New("integration tests need root (they run containerd, runc and CRIU)"))
+		return s, errors.New("integration tests need root (they run containerd, runc and CRIU)")
 	}
-	errs = append(errs, checkContainerd(), checkRunc(ctx), checkCRIU())
-	return errors.Join(errs...)
+	if err := errors.Join(checkContainerd(), checkRunc(ctx), checkCRIU()); err != nil {
+		return s, err
+	}
+	env, note, err := CRIUEnv(ctx)
+	if err != nil {
+		return s, err
+	}
+	s.CRIUEnv = env
+	if note != "" {
+		s.Notes = append(s.Notes, note)
+	}
+	return s, nil
 }
 
 func need(what string, min Version, found string) error {

@@ -44,20 +44,27 @@ shift $((OPTIND - 1))
 if [ "${PRECOPY_IN_VM:-}" = 1 ]; then exec "$@"; fi
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-kernel=${PRECOPY_VM_KERNEL:-$(ls -v /boot/vmlinuz-6.1.*-amd64 2>/dev/null | tail -n1)}
+kernel=${PRECOPY_VM_KERNEL:-$(printf '%s\n' /boot/vmlinuz-6.1.*-amd64 | sort -V | tail -n1)}
 [ -r "$kernel" ] || die "no Debian 6.1 kernel in /boot (install linux-image-amd64; hack/deps.sh does)"
 kver=${kernel##*/vmlinuz-}
 moddir=/lib/modules/$kver
 [ -d "$moddir" ] || die "$moddir missing for $kernel"
 grep -qx CONFIG_MEM_SOFT_DIRTY=y "/boot/config-$kver" 2>/dev/null ||
 	die "$kernel is not built with CONFIG_MEM_SOFT_DIRTY=y"
-[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 ||
+if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
 	die "/bin/busybox missing or not static (install busybox-static)"
+fi
 cache=${PRECOPY_CACHE:-/var/cache/precopy}/vm
 mkdir -p "$cache"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/precopy-vm.XXXXXX")
-qpid= wd= filter=
+# The pid in the name lets later runs remove what a SIGKILLed run left.
+for d in "${TMPDIR:-/tmp}"/precopy-vm.*.*; do
+	p=${d##*/precopy-vm.} p=${p%%.*}
+	if [[ $p =~ ^[0-9]+$ ]] && ! kill -0 "$p" 2>/dev/null; then rm -rf "$d"; fi
+done
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/precopy-vm.$$.XXXXXX")
+qpid='' wd='' filter=''
+# shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
 	for p in $qpid $wd $filter; do kill -KILL "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
@@ -72,7 +79,7 @@ modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
 	netfs fscache 9pnet 9pnet_virtio 9p overlay)
 mod_names=() mod_files=()
 for m in "${modules[@]}"; do
-	f=$(grep -oE "^[^:]*/$m\.ko(\.xz|\.zst|\.gz)?:" "$moddir/modules.dep" | head -n1) || true
+	f=$(grep -m1 -oE "^[^:]*/$m\.ko(\.xz|\.zst|\.gz)?:" "$moddir/modules.dep") || true
 	if [ -n "$f" ]; then
 		mod_names+=("$m") mod_files+=("$moddir/${f%:}")
 	elif ! grep -qE "/$m\.ko$" "$moddir/modules.builtin"; then
@@ -105,6 +112,24 @@ if [ ! -s "$initrd" ]; then
 	find "$cache" -maxdepth 1 -name 'initramfs-*.cpio.gz' ! -path "$initrd" -delete
 fi
 
+# --- the kernel: bzImage decompression under TCG takes ~2.5 s per boot, so
+# boot the uncompressed vmlinux through its PVH entry point (CONFIG_PVH=y)
+# instead, extracted once from the xz payload inside the bzImage.
+if grep -qx CONFIG_PVH=y "/boot/config-$kver" && grep -qx CONFIG_KERNEL_XZ=y "/boot/config-$kver"; then
+	vmlinux=$cache/vmlinux-$kver-$(stat -c %s-%Y "$kernel")
+	if [ ! -s "$vmlinux" ]; then
+		# <(...) not a pipe: xz stops at the stream's end, tail's SIGPIPE would trip pipefail
+		off=$(LC_ALL=C grep -m1 -obUaP '\xfd7zXZ\x00' "$kernel" | cut -d: -f1)
+		if [ -n "$off" ] && xz -dc --single-stream <(tail -c +$((off + 1)) "$kernel") >"$cache/.vmlinux.$$" 2>/dev/null; then
+			mv -f "$cache/.vmlinux.$$" "$vmlinux"
+			find "$cache" -maxdepth 1 -name 'vmlinux-*' ! -path "$vmlinux" -delete
+		else
+			rm -f "$cache/.vmlinux.$$"
+		fi
+	fi
+	if [ -s "$vmlinux" ]; then kernel=$vmlinux; fi
+fi
+
 # --- the per-run read-write share: stage 2, the job, the status -------------
 share=$tmp/share
 mkdir "$share"
@@ -112,20 +137,26 @@ cp "$here/stage2.sh" "$share/stage2.sh"
 marker="@@precopy-vm-$$-$RANDOM$RANDOM@@" # unlikely to appear in real output
 echo "$marker" >"$share/marker"
 
-q() { printf "'%s'" "${1//\'/\'\\\'\'}"; } # POSIX sh quoting (the job runs in dash)
+# Quotes $1 for POSIX sh (the job is sourced by dash) into $Q; no $(...),
+# which would drop trailing newlines.
+q() { Q="'${1//\'/\'\\\'\'}'"; }
 path=${PATH:-}
 for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
 	case ":$path:" in *":$d:"*) ;; *) path=${path:+$path:}$d ;; esac
 done
 {
-	echo "cd $(q "$PWD") || { echo 'run.sh: working directory not visible in the guest' >&2; exit 125; }"
-	echo "export PATH=$(q "$path") HOME=$(q "${HOME:-/root}") PRECOPY_IN_VM=1"
-	while IFS= read -r name; do
-		[[ $name =~ ^(PRECOPY_|GO)[A-Za-z0-9_]*$ && $name != PRECOPY_IN_VM ]] &&
-			echo "export $name=$(q "${!name}")"
-	done < <(compgen -e)
+	q "$PWD"
+	echo "cd $Q || { echo 'run.sh: working directory not visible in the guest' >&2; exit 125; }"
+	echo "unset OLDPWD"
+	q "$path" && echo "export PATH=$Q"
+	q "${HOME:-/root}" && echo "export HOME=$Q PRECOPY_IN_VM=1"
+	for name in $(compgen -e); do
+		if [[ $name =~ ^(PRECOPY_|GO) && $name != PRECOPY_IN_VM ]]; then
+			q "${!name}" && echo "export $name=$Q"
+		fi
+	done
 	printf 'exec'
-	for a in "$@"; do printf ' %s' "$(q "$a")"; done
+	for a in "$@"; do q "$a" && printf ' %s' "$Q"; done
 	echo
 } >"$share/job"
 
@@ -141,11 +172,12 @@ exec 3>"$tmp/out" # opened here so sed can never block on a fifo nobody opens
 # pdeathsig: even if run.sh is SIGKILLed (Go's exec.CommandContext does),
 # qemu and the watchdog die with it. KVM is unavailable here: TCG only.
 # panic=-1 + -no-reboot: a guest panic ends qemu at once instead of hanging.
+# loglevel=1: boot messages stay out of the console, KERN_EMERG (panics) not.
 setpriv --pdeathsig KILL -- qemu-system-x86_64 \
 	-accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
 	-nodefaults -no-user-config -display none -no-reboot -nic none \
 	-kernel "$kernel" -initrd "$initrd" \
-	-append "console=ttyS0 quiet loglevel=0 panic=-1" \
+	-append "console=ttyS0 loglevel=1 panic=-1" \
 	-chardev "stdio,id=con,signal=off,logfile=$log" -serial chardev:con \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs "local,path=$share,mount_tag=results,security_model=none" \
@@ -160,28 +192,31 @@ trap 'reason="interrupted by SIGINT"; kill -KILL $qpid 2>/dev/null' INT
 trap 'reason="terminated by SIGTERM"; kill -KILL $qpid 2>/dev/null' TERM
 set +e
 fin=
-wait -n -p fin "$qpid" "$wd" # returns early when a trap fires
+wait -n -p fin "$qpid" "$wd" 2>/dev/null # returns early when a trap fires
 qrc=$?
-if [ "$fin" = "$wd" ]; then
+if [ "${fin:-}" = "$wd" ]; then # wait -p unsets fin when a trap fired
 	reason="timed out after ${timeout}s"
 	kill -KILL "$qpid" 2>/dev/null
 fi
-while kill -0 "$qpid" 2>/dev/null; do wait "$qpid"; qrc=$?; done
+# 2>/dev/null: keeps bash's "Killed ..." job report out of the output
+while kill -0 "$qpid" 2>/dev/null; do wait "$qpid" 2>/dev/null; qrc=$?; done
 kill "$wd" 2>/dev/null
 wait "$filter"
 set -e
 
-status=$(cat "$share/status" 2>/dev/null)
+status=$(cat "$share/status" 2>/dev/null || true)
 if [ -z "$reason" ] && [[ $status =~ ^[0-9]+$ ]]; then exit "$status"; fi
 
 # No status: keep the console log (the temp dir goes away) and say why.
 mkdir -p "$cache/logs"
 find "$cache/logs" -name '*.log' -mtime +7 -delete
 saved=$cache/logs/console-$(date +%Y%m%d-%H%M%S)-$$.log
-{ cat "$log" 2>/dev/null; echo "--- qemu stderr (exit $qrc) ---"; cat "$tmp/qemu.err"; } >"$saved"
+{ cat "$log" 2>/dev/null || true; echo "--- qemu stderr (exit $qrc) ---"; cat "$tmp/qemu.err"; } >"$saved"
 if [ -z "$reason" ]; then
 	if grep -q 'Kernel panic' "$log" 2>/dev/null; then
 		reason="guest kernel panicked"
+	elif [ -s "$tmp/qemu.err" ] && [ "$qrc" != 0 ]; then
+		reason="qemu failed (exit $qrc): $(head -n1 "$tmp/qemu.err")"
 	else
 		reason="guest stopped without reporting an exit status (qemu exit $qrc)"
 	fi

@@ -1,0 +1,39 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	containerd "github.com/containerd/containerd/v2/client"
+
+	"github.com/precopy/precopy/integration/testimage"
+)
+
+// MemloadImage is the name of the image holding only the memory workload,
+// as /memload, its entrypoint.
+const MemloadImage = "docker.io/precopy/memload:test"
+
+// ImportMemload builds the workload's image from the static binary (no
+// registry is reachable on these machines), imports it into the namespace
+// of ctx and unpacks it into the default snapshotter.
+func ImportMemload(ctx context.Context, c *containerd.Client, b Binaries) error {
+	spec := testimage.Spec{
+		Name:       MemloadImage,
+		Files:      []testimage.File{testimage.Executable("/"+MemloadBinary, b.Path(MemloadBinary))},
+		Entrypoint: []string{"/" + MemloadBinary},
+	}
+	r, w := io.Pipe()
+	go func() { w.CloseWithError(testimage.Write(w, spec)) }()
+	imgs, err := c.Import(ctx, r)
+	r.Close()
+	if err != nil {
+		return fmt.Errorf("import %s: %w", MemloadImage, err)
+	}
+	for _, img := range imgs {
+		if err := containerd.NewImage(c, img).Unpack(ctx, ""); err != nil {
+			return fmt.Errorf("unpack %s: %w", img.Name, err)
+		}
+	}
+	return nil
+}
