@@ -38,7 +38,7 @@ while getopts m:t:h opt; do
 done
 shift $((OPTIND - 1))
 [ $# -gt 0 ] || usage
-[[ $timeout =~ ^[0-9]+$ ]] || die "timeout must be whole seconds, got '$timeout'"
+[[ $timeout =~ ^[1-9][0-9]*$ ]] || die "timeout must be whole seconds, got '$timeout'"
 
 # Already inside the guest (a nested TCG VM would crawl): just run it.
 if [ "${PRECOPY_IN_VM:-}" = 1 ]; then exec "$@"; fi
@@ -63,10 +63,10 @@ for d in "${TMPDIR:-/tmp}"/precopy-vm.*.*; do
 	if [[ $p =~ ^[0-9]+$ ]] && ! kill -0 "$p" 2>/dev/null; then rm -rf "$d"; fi
 done
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/precopy-vm.$$.XXXXXX")
-qpid='' wd='' filter=''
+qpid='' filter=''
 # shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
-	for p in $qpid $wd $filter; do kill -KILL "$p" 2>/dev/null || true; done
+	for p in $qpid $filter; do kill -KILL "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	rm -rf "$tmp"
 }
@@ -109,7 +109,6 @@ if [ ! -s "$initrd" ]; then
 	done
 	(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$cache/.initramfs.$$"
 	mv -f "$cache/.initramfs.$$" "$initrd" # atomic: concurrent runs see old or new
-	find "$cache" -maxdepth 1 -name 'initramfs-*.cpio.gz' ! -path "$initrd" -delete
 fi
 
 # --- the kernel: bzImage decompression under TCG takes ~2.5 s per boot, so
@@ -122,13 +121,18 @@ if grep -qx CONFIG_PVH=y "/boot/config-$kver" && grep -qx CONFIG_KERNEL_XZ=y "/b
 		off=$(LC_ALL=C grep -m1 -obUaP '\xfd7zXZ\x00' "$kernel" | cut -d: -f1)
 		if [ -n "$off" ] && xz -dc --single-stream <(tail -c +$((off + 1)) "$kernel") >"$cache/.vmlinux.$$" 2>/dev/null; then
 			mv -f "$cache/.vmlinux.$$" "$vmlinux"
-			find "$cache" -maxdepth 1 -name 'vmlinux-*' ! -path "$vmlinux" -delete
 		else
 			rm -f "$cache/.vmlinux.$$"
 		fi
 	fi
 	if [ -s "$vmlinux" ]; then kernel=$vmlinux; fi
 fi
+# Images in use are touched; others (other checkouts' init.sh, old kernels,
+# builds a kill interrupted) go after a week, never under a running boot.
+touch "$initrd"
+if [ "${kernel#"$cache"/}" != "$kernel" ]; then touch "$kernel"; fi
+find "$cache" -maxdepth 1 \( -name 'initramfs-*' -o -name 'vmlinux-*' -o -name '.initramfs.*' \
+	-o -name '.vmlinux.*' \) -mtime +7 -delete
 
 # --- the per-run read-write share: stage 2, the job, the status -------------
 share=$tmp/share
@@ -169,8 +173,15 @@ sed -u -n -e 's/\r$//' -e "/^$marker begin\$/,/^$marker end\$/{/^$marker /d;p}" 
 filter=$!
 exec 3>"$tmp/out" # opened here so sed can never block on a fifo nobody opens
 
+# Timeout without a watchdog process: qemu holds the only writer of the
+# "alive" fifo, so a read on it returns at qemu's exit (EOF), at the timeout,
+# or when a trapped signal arrives.
+mkfifo "$tmp/alive"
+# shellcheck disable=SC2094 # rw open first so that neither open blocks
+exec 4<>"$tmp/alive" 5>"$tmp/alive" 6<"$tmp/alive" 4>&-
+
 # pdeathsig: even if run.sh is SIGKILLed (Go's exec.CommandContext does),
-# qemu and the watchdog die with it. KVM is unavailable here: TCG only.
+# qemu dies with it. KVM is unavailable here: TCG only.
 # panic=-1 + -no-reboot: a guest panic ends qemu at once instead of hanging.
 # loglevel=1: boot messages stay out of the console, KERN_EMERG (panics) not.
 setpriv --pdeathsig KILL -- qemu-system-x86_64 \
@@ -181,27 +192,24 @@ setpriv --pdeathsig KILL -- qemu-system-x86_64 \
 	-chardev "stdio,id=con,signal=off,logfile=$log" -serial chardev:con \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs "local,path=$share,mount_tag=results,security_model=none" \
-	</dev/null >&3 2>"$tmp/qemu.err" &
+	</dev/null >&3 2>"$tmp/qemu.err" 6<&- &
 qpid=$!
-exec 3>&- # qemu holds the only writer now: sed ends when qemu does
-setpriv --pdeathsig KILL -- sleep "$timeout" &
-wd=$!
+exec 3>&- 5>&- # qemu holds the only writers now: sed ends when qemu does
 
+# stderr off until qemu is reaped: bash reports a killed job ("Killed ...")
+# whenever it notices, not only in wait.
+exec 7>&2 2>/dev/null
 reason=
-trap 'reason="interrupted by SIGINT"; kill -KILL $qpid 2>/dev/null' INT
-trap 'reason="terminated by SIGTERM"; kill -KILL $qpid 2>/dev/null' TERM
+trap 'reason="interrupted by SIGINT"; kill -KILL $qpid' INT
+trap 'reason="terminated by SIGTERM"; kill -KILL $qpid' TERM
 set +e
-fin=
-wait -n -p fin "$qpid" "$wd" 2>/dev/null # returns early when a trap fires
-qrc=$?
-if [ "${fin:-}" = "$wd" ]; then # wait -p unsets fin when a trap fired
-	reason="timed out after ${timeout}s"
-	kill -KILL "$qpid" 2>/dev/null
-fi
-# 2>/dev/null: keeps bash's "Killed ..." job report out of the output
-while kill -0 "$qpid" 2>/dev/null; do wait "$qpid" 2>/dev/null; qrc=$?; done
-kill "$wd" 2>/dev/null
+read -r -t "$timeout" -u 6 _
+if [ $? -gt 128 ] && [ -z "$reason" ]; then reason="timed out after ${timeout}s"; fi
+if [ -n "$reason" ]; then kill -KILL "$qpid"; fi
+qrc=0
+while kill -0 "$qpid"; do wait "$qpid"; qrc=$?; done
 wait "$filter"
+exec 2>&7 7>&-
 set -e
 
 status=$(cat "$share/status" 2>/dev/null || true)
