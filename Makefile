@@ -49,7 +49,7 @@ test-integration: build
 
 test-vm: build
 	go test -c -o $(OUT)/integration.test ./integration/
-	bash integration/vm/run.sh -- $(OUT)/integration.test -test.v -test.count=1 \
+	bash integration/vm/run.sh -t 2400 -- $(OUT)/integration.test -test.v -test.count=1 \
 		-test.timeout $(TEST_TIMEOUT) -test.run '$(VM_RUN)' 2>&1 | tee $(OUT)/test-vm.log
 
 demo: deps build
