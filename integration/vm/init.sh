@@ -60,6 +60,13 @@ mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs $r/run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $r/tmp
 mkdir $r/run/precopy-vm
 mount -t 9p -o "$opts" results $r/run/precopy-vm || fail "cannot mount the results share"
+# A working directory under /tmp or /run, which the tmpfs above hide, comes
+# as its own share (run.sh).
+if [ -f $r/run/precopy-vm/workdir ]; then
+	read -r w <$r/run/precopy-vm/workdir
+	mkdir -p "$r$w" && mount -t 9p -o "$opts,msize=512000" workdir "$r$w" ||
+		fail "cannot mount the working directory share at $w"
+fi
 
 ip link set lo up
 hostname precopy-vm

@@ -164,6 +164,17 @@ done
 	echo
 } >"$share/job"
 
+# The guest mounts fresh tmpfs on /tmp and /run, which would hide a working
+# directory there (a CI clone under /tmp, say): share it into the guest at
+# the same path; stage 1 mounts it.
+workdir_share=()
+case $PWD/ in
+/tmp/* | /run/*)
+	workdir_share=(-virtfs "local,path=$PWD,mount_tag=workdir,security_model=none,multidevs=remap")
+	printf '%s\n' "$PWD" >"$share/workdir"
+	;;
+esac
+
 # --- boot ---------------------------------------------------------------------
 log=$tmp/console.log
 mkfifo "$tmp/out"
@@ -192,6 +203,7 @@ setpriv --pdeathsig KILL -- qemu-system-x86_64 \
 	-chardev "stdio,id=con,signal=off,logfile=$log" -serial chardev:con \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs "local,path=$share,mount_tag=results,security_model=none" \
+	"${workdir_share[@]}" \
 	</dev/null >&3 2>"$tmp/qemu.err" 6<&- &
 qpid=$!
 exec 3>&- 5>&- # qemu holds the only writers now: sed ends when qemu does

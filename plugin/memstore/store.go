@@ -12,7 +12,6 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/pkg/filters"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -114,7 +113,6 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	}
 	delete(s.blobs, dgst)
 	s.committedBytes -= b.info.Size
-	log.G(ctx).WithField("digest", dgst).Debug("deleted content")
 	return nil
 }
 

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/content/proxy"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/precopy/precopy/plugin/memstore"
+)
+
+// TestDaemon starts precopyd's server on a socket in a directory it must
+// create, checks that only root can reach it, stores a blob through it as
+// containerd would, reads the metrics, and stops it.
+func TestDaemon(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "run", "precopyd")
+	sock := filepath.Join(dir, "precopyd.sock")
+	cfg := config{address: sock, contentLimit: 1 << 20, debugAddress: "127.0.0.1:0"}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d, err := newDaemon(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- d.serve(ctx) }()
+
+	checkMode(t, dir, fs.ModeDir|0o700)
+	checkMode(t, sock, fs.ModeSocket|0o600)
+
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	blob := []byte("stored through precopyd")
+	desc := ocispec.Descriptor{Size: int64(len(blob)), Digest: digest.FromBytes(blob)}
+	if err := content.WriteBlob(ctx, proxy.NewContentStore(conn), "t", bytes.NewReader(blob), desc); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, err := http.Get("http://" + d.debugL.Addr().String() + "/metrics.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m memstore.Metrics
+	err = json.NewDecoder(resp.Body).Decode(&m)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Blobs != 1 || m.UsedBytes != desc.Size || m.LimitBytes != 1<<20 {
+		t.Errorf("metrics %+v", m)
+	}
+
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(stopTimeout + 5*time.Second):
+		t.Fatal("precopyd did not stop")
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+func checkMode(t *testing.T, path string, want fs.FileMode) {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode() != want {
+		t.Errorf("%s: mode %v, want %v", path, fi.Mode(), want)
+	}
+}
+
+// TestStaleSocket checks that a socket left by a dead daemon is replaced,
+// while a live one, or a file that is no socket, is left alone.
+func TestStaleSocket(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sock := filepath.Join(t.TempDir(), "precopyd.sock")
+
+	// A socket whose listener is gone without unlinking it is stale.
+	d, err := newDaemon(ctx, config{address: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.listener.(interface{ SetUnlinkOnClose(bool) }).SetUnlinkOnClose(false)
+	d.listener.Close()
+	if _, err := os.Lstat(sock); err != nil {
+		t.Fatalf("no stale socket to test with: %v", err)
+	}
+
+	d, err = newDaemon(ctx, config{address: sock})
+	if err != nil {
+		t.Fatalf("replacing a stale socket: %v", err)
+	}
+	defer d.listener.Close()
+	if _, err := newDaemon(ctx, config{address: sock}); err == nil {
+		t.Fatal("took over a socket in use")
+	}
+
+	notSocket := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(notSocket, nil, 0o600)
+	if _, err := newDaemon(ctx, config{address: notSocket}); err == nil {
+		t.Fatal("removed a file that is not a socket")
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "1048576": 1 << 20, "512MiB": 512 << 20, "2GiB": 2 << 30, "1.5g": 3 << 29} {
+		var b byteSize
+		if err := b.Set(in); err != nil || int64(b) != want {
+			t.Errorf("Set(%q) = %d, %v; want %d", in, b, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "12 parsecs"} {
+		var b byteSize
+		if err := b.Set(in); err == nil {
+			t.Errorf("Set(%q) accepted", in)
+		}
+	}
+}
