@@ -35,6 +35,12 @@ var memloadArgs = []string{"-mib", "32", "-dirty-mibps", "8", "-hot", "0.25"}
 // which CRIU can dump (a host file would not be).
 func runMemload(t *testing.T, d *harness.Daemon, id, runtime string) containerd.Task {
 	t.Helper()
+	return runMemloadWith(t, d, id, runtime, memloadArgs...)
+}
+
+// runMemloadWith is runMemload with the workload's arguments given.
+func runMemloadWith(t *testing.T, d *harness.Daemon, id, runtime string, args ...string) containerd.Task {
+	t.Helper()
 	ctx := testContext(t, d)
 	c := d.Client()
 	image, err := c.GetImage(ctx, harness.MemloadImage)
@@ -43,7 +49,7 @@ func runMemload(t *testing.T, d *harness.Daemon, id, runtime string) containerd.
 	}
 	ctr, err := c.NewContainer(ctx, id,
 		containerd.WithNewSnapshot(id, image),
-		containerd.WithNewSpec(oci.WithImageConfig(image), oci.WithProcessArgs(append([]string{"/" + harness.MemloadBinary}, memloadArgs...)...)),
+		containerd.WithNewSpec(oci.WithImageConfig(image), oci.WithProcessArgs(append([]string{"/" + harness.MemloadBinary}, args...)...)),
 		containerd.WithRuntime(runtime, nil))
 	if err != nil {
 		t.Fatalf("create container %s on %s: %v", id, runtime, err)

@@ -5,10 +5,10 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/checkpoint-restore/go-criu/v7/stats"
 	containerd "github.com/containerd/containerd/v2/client"
 	runc "github.com/containerd/go-runc"
 
+	"github.com/precopy/precopy/precopy"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
@@ -31,7 +31,7 @@ func TestRuncPreDump(t *testing.T) {
 		t.Fatalf("runc checkpoint --pre-dump: %v\n%s", err, readFile(filepath.Join(pre.WorkDir, "dump.log")))
 	}
 	preStats := dumpStats(t, pre.WorkDir)
-	if preStats.GetPagesWritten() == 0 {
+	if preStats.PagesWritten == 0 {
 		t.Fatalf("pre-dump wrote no pages: %v", preStats)
 	}
 	requireStatus(t, ctx, task, containerd.Running)
@@ -41,10 +41,10 @@ func TestRuncPreDump(t *testing.T) {
 		t.Fatalf("runc checkpoint --parent-path: %v\n%s", err, readFile(filepath.Join(final.WorkDir, "dump.log")))
 	}
 	finalStats := dumpStats(t, final.WorkDir)
-	t.Logf("pre-dump: %d pages written, frozen %d µs; dump: %d written, %d skipped as in parent, frozen %d µs",
-		preStats.GetPagesWritten(), preStats.GetFrozenTime(),
-		finalStats.GetPagesWritten(), finalStats.GetPagesSkippedParent(), finalStats.GetFrozenTime())
-	if finalStats.GetPagesSkippedParent() == 0 {
+	t.Logf("pre-dump: %d pages written, frozen %v; dump: %d written, %d skipped as in parent, frozen %v",
+		preStats.PagesWritten, preStats.Frozen,
+		finalStats.PagesWritten, finalStats.PagesSkippedParent, finalStats.Frozen)
+	if finalStats.PagesSkippedParent == 0 {
 		t.Errorf("final dump skipped no page of its parent: memory tracking did not work")
 	}
 	if link, err := os.Readlink(filepath.Join(final.ImagePath, "parent")); err != nil || link != "../1" {
@@ -55,16 +55,11 @@ func TestRuncPreDump(t *testing.T) {
 }
 
 // dumpStats reads CRIU's dump statistics, which it writes to its work dir.
-func dumpStats(t *testing.T, workDir string) *stats.DumpStatsEntry {
+func dumpStats(t *testing.T, workDir string) precopy.Round {
 	t.Helper()
-	f, err := os.Open(workDir)
+	st, err := precopy.ReadDumpStats(workDir)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := stats.CriuGetDumpStats(f)
-	if err != nil {
-		t.Fatalf("stats-dump in %s: %v", workDir, err)
 	}
 	return st
 }

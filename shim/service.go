@@ -1,16 +1,31 @@
+//go:build linux
+
 // Package shim is precopy's task service: containerd's runc-v2 task
 // service with the calls a checkpoint goes through (Create, including
-// restore, Pause, Resume, Checkpoint, Delete) routed through one type, so the
-// pre-copy engine can hook into them. Every other call goes straight to the
-// runc-v2 service. This package is the only one that knows containerd's
-// task API.
+// restore, Pause, Resume, Checkpoint, Delete) routed through one type that
+// adds pre-copy. Every other call goes straight to the runc-v2 service.
+// This package is the only one that knows containerd's task API.
+//
+// Standard clients (ctr, nerdctl, the CRI plugin, client.Task.Checkpoint)
+// send Pause, then Checkpoint, then Resume. Pre-copy inside Checkpoint
+// would copy a frozen container, so Pause pre-copies first, while the
+// container runs, and only then freezes it; the Checkpoint that follows
+// dumps just the last delta on top of the rounds.
 package shim
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 )
@@ -20,11 +35,16 @@ type Service struct {
 	// TTRPCTaskService is the runc-v2 task service; calls Service does not
 	// override are served by it unchanged.
 	taskAPI.TTRPCTaskService
+
+	defaults Settings
+
+	mu         sync.Mutex
+	containers map[string]*container
 }
 
 // New wraps inner, the runc-v2 task service of this shim process.
-func New(inner taskAPI.TTRPCTaskService) *Service {
-	return &Service{TTRPCTaskService: inner}
+func New(inner taskAPI.TTRPCTaskService, defaults Settings) *Service {
+	return &Service{TTRPCTaskService: inner, defaults: defaults, containers: make(map[string]*container)}
 }
 
 // RegisterTTRPC registers the wrapper, not the inner service: the inner
@@ -34,32 +54,137 @@ func (s *Service) RegisterTTRPC(server *ttrpc.Server) error {
 	return nil
 }
 
+func (s *Service) container(id string) *container {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.containers[id]
+}
+
 // Create creates a container, or restores one when r.Checkpoint is set.
+// The container's pre-copy settings come from its OCI annotations; a bad
+// one fails the create, so it is never silently ignored.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
-	log.G(ctx).WithFields(log.Fields{"id": r.ID, "restore": r.Checkpoint != ""}).Debug("precopy: create")
-	return s.TTRPCTaskService.Create(ctx, r)
+	settings, err := s.settingsOf(r.Bundle)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
+	}
+	ns, err := namespaceOf(ctx)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition))
+	}
+	resp, err := s.TTRPCTaskService.Create(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: settings}
+	s.mu.Unlock()
+	log.G(ctx).WithFields(log.Fields{"id": r.ID, "restore": r.Checkpoint != "", "precopy_mode": settings.Mode}).Debug("precopy: create")
+	return resp, nil
 }
 
-// Pause freezes a container or process.
+func (s *Service) settingsOf(bundle string) (Settings, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return Settings{}, err
+	}
+	var spec struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return Settings{}, fmt.Errorf("read OCI spec: %w", err)
+	}
+	return s.defaults.With(spec.Annotations)
+}
+
+// Pause pre-copies the container's memory while it runs, then freezes it.
+// A Pause of an already paused container, or one pre-copy skips, costs
+// nothing extra.
 func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.Empty, error) {
-	log.G(ctx).WithField("id", r.ID).Debug("precopy: pause")
-	return s.TTRPCTaskService.Pause(ctx, r)
+	c := s.container(r.ID)
+	if c == nil {
+		return s.TTRPCTaskService.Pause(ctx, r)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.chain == nil {
+		c.chain, c.report = s.preCopy(ctx, c, "pause")
+	}
+	resp, err := s.TTRPCTaskService.Pause(ctx, r)
+	if err != nil {
+		c.dropChain(ctx, "pause failed")
+		return nil, err
+	}
+	if c.chain != nil && c.discard == nil {
+		c.discard = time.AfterFunc(discardAfter, func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			c.dropChain(context.Background(), fmt.Sprintf("no checkpoint within %s of the pause", discardAfter))
+		})
+	}
+	return resp, nil
 }
 
-// Resume thaws a container.
+// Resume thaws a container; rounds no checkpoint used are discarded.
 func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes.Empty, error) {
-	log.G(ctx).WithField("id", r.ID).Debug("precopy: resume")
+	if c := s.container(r.ID); c != nil {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.dropChain(ctx, "resumed without a checkpoint")
+	}
 	return s.TTRPCTaskService.Resume(ctx, r)
 }
 
-// Checkpoint dumps a container into r.Path.
+// Checkpoint dumps a container into r.Path: on top of the rounds its Pause
+// pre-copied, or, for a client that checkpoints a running task without
+// pausing it, after pre-copying now. The image is flat either way, and
+// holds precopy's report.
 func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*ptypes.Empty, error) {
-	log.G(ctx).WithFields(log.Fields{"id": r.ID, "path": r.Path}).Debug("precopy: checkpoint")
-	return s.TTRPCTaskService.Checkpoint(ctx, r)
+	useCRIUConfig()
+	c := s.container(r.ID)
+	if c == nil {
+		return s.TTRPCTaskService.Checkpoint(ctx, r)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	chain, report := c.takeChain()
+	if chain == nil {
+		chain, report = s.preCopy(ctx, c, "checkpoint")
+	}
+	if chain == nil {
+		if _, err := s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
+			return nil, err
+		}
+		if err := report.Write(r.Path); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		return &ptypes.Empty{}, nil
+	}
+	defer func() {
+		if err := chain.Discard(); err != nil {
+			log.G(ctx).WithError(err).Warn("precopy: discard rounds")
+		}
+	}()
+	if err := s.checkpointWithParent(ctx, r, chain, report); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint %s: %w", r.ID, err))
+	}
+	return &ptypes.Empty{}, nil
 }
 
-// Delete deletes a container or an exec process.
+// Delete deletes a container or an exec process; a container's pending
+// rounds go with it.
 func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
-	log.G(ctx).WithFields(log.Fields{"id": r.ID, "exec": r.ExecID}).Debug("precopy: delete")
-	return s.TTRPCTaskService.Delete(ctx, r)
+	resp, err := s.TTRPCTaskService.Delete(ctx, r)
+	if err != nil || r.ExecID != "" {
+		return resp, err
+	}
+	if c := s.container(r.ID); c != nil {
+		c.mu.Lock()
+		c.dropChain(ctx, "container deleted")
+		c.mu.Unlock()
+		s.mu.Lock()
+		delete(s.containers, r.ID)
+		s.mu.Unlock()
+	}
+	return resp, nil
 }

@@ -1,9 +1,11 @@
 // Command demo shows precopy end to end on this machine: a private
-// containerd with precopy's shim, the memory workload on runtime
-// io.containerd.precopy.v1, a checkpoint with `ctr c checkpoint --task --rw`
-// and a restore with `ctr c restore --live --rw`, and the workload's own
-// account of its memory and of the pause it perceived. Everything it starts
-// is removed when it ends.
+// containerd with precopy's shim and containerd's stock runc-v2 shim side by
+// side, the memory workload checkpointed with `ctr c checkpoint --task --rw`
+// on each, the pause the workload itself perceived for both, precopy's
+// report (rounds, predicted and measured final freeze), and a restore with
+// `ctr c restore --live --rw` whose memory the workload verifies. `make
+// demo` runs it in the soft-dirty VM when this kernel cannot pre-copy.
+// Everything it starts is removed when it ends.
 package main
 
 import (
@@ -14,7 +16,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -34,6 +35,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
+}
+
+type demo struct {
+	d    *harness.Daemon
+	args []string
 }
 
 func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
@@ -58,84 +64,126 @@ func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
 	if err := harness.ImportMemload(ctx, d.Client(), bins); err != nil {
 		return err
 	}
-	step := func(what string, args ...string) error {
-		start := time.Now()
-		if _, err := d.Ctr(ctx, args...); err != nil {
-			return err
-		}
-		fmt.Printf("  %-52s %8.0f ms\n", what, ms(time.Since(start)))
-		return nil
+	fmt.Printf("precopy demo: private containerd at %s\n", d.Address)
+	fmt.Printf("workload: memload holding %d MiB, rewriting %g MiB/s over %g%% of it\n", mib, dirty, hot*100)
+	if ok, why := harness.SoftDirty(ctx); !ok {
+		fmt.Printf("note: %s: checkpoints are one-shot here\n", why)
 	}
-	status := func(id string) (workload.Status, error) {
-		out, err := d.Ctr(ctx, "task", "exec", "--exec-id", fmt.Sprintf("q%d", time.Now().UnixNano()), id, "/"+harness.MemloadBinary, "query")
-		if err != nil {
-			return workload.Status{}, err
-		}
-		return workload.ParseStatus([]byte(out))
+	x := demo{d: d, args: []string{"-mib", fmt.Sprint(mib), "-dirty-mibps", fmt.Sprint(dirty), "-hot", fmt.Sprint(hot)}}
+
+	fmt.Printf("\n1. one-shot, stock runc-v2 (%s)\n", precopyshim.RuncRuntime)
+	stockPause, _, err := x.checkpoint(ctx, "stock", precopyshim.RuncRuntime)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\n2. precopy (%s)\n", precopyshim.Runtime)
+	precopyPause, before, err := x.checkpoint(ctx, "precopy", precopyshim.Runtime)
+	if err != nil {
+		return err
+	}
+	if err := x.showReport(ctx, "precopy.demo/precopy:1"); err != nil {
+		return err
 	}
 
-	fmt.Printf("precopy demo: containerd %s, shim %s\n", d.Address, bins.Path(harness.ShimBinary))
-	fmt.Printf("workload: memload holding %d MiB, rewriting %.0f MiB/s over %.0f%% of it\n", mib, dirty, hot*100)
-	if ok, why := harness.SoftDirty(ctx); !ok {
-		fmt.Printf("note: %s\n", why)
-	}
-	args := []string{"run", "-d", "--runtime", precopyshim.Runtime, harness.MemloadImage, "demo-src", "/" + harness.MemloadBinary,
-		"-mib", fmt.Sprint(mib), "-dirty-mibps", fmt.Sprint(dirty), "-hot", fmt.Sprint(hot)}
-	if err := step("ctr run --runtime "+precopyshim.Runtime, args...); err != nil {
+	fmt.Printf("\n3. restore of the precopy checkpoint\n")
+	if err := x.step(ctx, "ctr c restore --live --rw", "containers", "restore", "--live", "--rw", "precopy-restored", "precopy.demo/precopy:1"); err != nil {
 		return err
 	}
-	if _, err := workload.WaitReadable(ctx, filepath.Join(d.RootfsPath("demo-src"), "status.json")); err != nil {
-		return err
-	}
-	before, err := status("demo-src")
+	restored, err := x.query(ctx, "precopy-restored")
 	if err != nil {
 		return err
 	}
-	time.Sleep(time.Second)
-	if _, err := d.Ctr(ctx, "task", "exec", "--exec-id", "reset", "demo-src", "/"+harness.MemloadBinary, "reset-gap"); err != nil {
-		return err
-	}
-	if err := step("ctr c checkpoint --task --rw (one-shot)", "containers", "checkpoint", "--task", "--rw", "demo-src", "precopy.demo/checkpoint:1"); err != nil {
-		return err
-	}
-	after, err := status("demo-src")
-	if err != nil {
-		return err
-	}
-	fmt.Printf("  pause the workload perceived during the checkpoint:  %8.0f ms\n", after.MaxGapMS)
-	out, _ := d.Ctr(ctx, "images", "ls")
-	fmt.Print(indent(out))
-	if err := step("ctr task kill + delete the original", "task", "kill", "-s", "SIGKILL", "demo-src"); err != nil {
-		return err
-	}
-	for d.Ctr(ctx, "task", "delete", "demo-src"); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := d.Ctr(ctx, "container", "delete", "demo-src"); err == nil {
-			break
-		}
-		d.Ctr(ctx, "task", "delete", "demo-src")
-	}
-	if err := step("ctr c restore --live --rw", "containers", "restore", "--live", "--rw", "demo-dst", "precopy.demo/checkpoint:1"); err != nil {
-		return err
-	}
-	restored, err := status("demo-dst")
-	if err != nil {
-		return err
-	}
-	fmt.Printf("restored workload: started %s (same as before: %v), counter %d -> %d, %d pages verified, %d bad\n",
-		restored.StartedAt.Format(time.RFC3339Nano), restored.StartedAt.Equal(before.StartedAt),
-		before.Counter, restored.Counter, restored.Pages, restored.BadPages)
+	fmt.Printf("   restored workload: same process image: %v, counter %d -> %d, %d pages verified, %d bad\n",
+		restored.StartedAt.Equal(before.StartedAt), before.Counter, restored.Counter, restored.Pages, restored.BadPages)
 	if err := restored.Check(); err != nil {
 		return fmt.Errorf("restored memory: %w", err)
 	}
 	if !restored.StartedAt.Equal(before.StartedAt) || restored.Counter <= before.Counter {
 		return errors.New("restored workload is not the checkpointed process image")
 	}
-	fmt.Println("ok: the restored workload continued with its memory intact")
+	fmt.Printf("\nresult: pause the workload perceived: one-shot %.0f ms, precopy %.0f ms (%.2f×); restore verified\n",
+		stockPause, precopyPause, precopyPause/stockPause)
+	return nil
+}
+
+// checkpoint runs the workload in container id on runtime, checkpoints it
+// as precopy.demo/<id>:1, and returns the pause the workload perceived and
+// its status before the checkpoint.
+func (x demo) checkpoint(ctx context.Context, id, runtime string) (float64, workload.Status, error) {
+	args := append([]string{"run", "-d", "--runtime", runtime, harness.MemloadImage, id, "/" + harness.MemloadBinary}, x.args...)
+	if err := x.step(ctx, "ctr run", args...); err != nil {
+		return 0, workload.Status{}, err
+	}
+	if _, err := workload.WaitReadable(ctx, filepath.Join(x.d.RootfsPath(id), "status.json")); err != nil {
+		return 0, workload.Status{}, err
+	}
+	before, err := x.query(ctx, id)
+	if err != nil {
+		return 0, before, err
+	}
+	time.Sleep(2 * time.Second) // let the rewriting settle into its rate
+	if _, err := x.d.Ctr(ctx, "task", "exec", "--exec-id", "reset", id, "/"+harness.MemloadBinary, "reset-gap"); err != nil {
+		return 0, before, err
+	}
+	if err := x.step(ctx, "ctr c checkpoint --task --rw", "containers", "checkpoint", "--task", "--rw", id, "precopy.demo/"+id+":1"); err != nil {
+		return 0, before, err
+	}
+	after, err := x.query(ctx, id)
+	if err != nil {
+		return 0, before, err
+	}
+	fmt.Printf("   pause the workload perceived: %.0f ms\n", after.MaxGapMS)
+	if _, err := x.d.Ctr(ctx, "task", "kill", "-s", "SIGKILL", id); err != nil {
+		return 0, before, err
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		x.d.Ctr(ctx, "task", "delete", id)
+		if _, err := x.d.Ctr(ctx, "container", "delete", id); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			return 0, before, err
+		}
+	}
+	return after.MaxGapMS, before, nil
+}
+
+// showReport prints precopy's report from the checkpoint's image.
+func (x demo) showReport(ctx context.Context, ref string) error {
+	report, err := harness.CheckpointReport(ctx, x.d.Client(), ref)
+	if err != nil {
+		return err
+	}
+	if !report.PreCopied {
+		fmt.Printf("   one-shot: %s\n", report.Skipped)
+		return nil
+	}
+	for _, r := range report.Rounds {
+		fmt.Printf("   round %d: %6d pages written, %6d unchanged since the last round, froze %4.0f ms, took %5.0f ms\n",
+			r.Index, r.PagesWritten, r.PagesSkippedParent, ms(r.Pause()), ms(r.Wall))
+	}
+	fmt.Printf("   stopped: %s; predicted final freeze %.0f ms\n", report.Stop.Reason, ms(report.Stop.PredictedFreeze))
+	if f := report.Final; f != nil {
+		fmt.Printf("   final dump: %d pages written, %d from the rounds, froze %.0f ms; flatten %.0f ms\n",
+			f.PagesWritten, f.PagesSkippedParent, ms(f.Pause()), ms(report.FinalFlatten))
+	}
+	return nil
+}
+
+func (x demo) query(ctx context.Context, id string) (workload.Status, error) {
+	out, err := x.d.Ctr(ctx, "task", "exec", "--exec-id", fmt.Sprintf("q%d", time.Now().UnixNano()), id, "/"+harness.MemloadBinary, "query")
+	if err != nil {
+		return workload.Status{}, err
+	}
+	return workload.ParseStatus([]byte(out))
+}
+
+func (x demo) step(ctx context.Context, what string, args ...string) error {
+	start := time.Now()
+	if _, err := x.d.Ctr(ctx, args...); err != nil {
+		return err
+	}
+	fmt.Printf("   %-40s %7.0f ms\n", what, ms(time.Since(start)))
 	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func indent(s string) string {
-	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ") + "\n"
-}

@@ -1,0 +1,102 @@
+package harness
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/precopy/precopy/precopy"
+)
+
+// Checkpoint is what a checkpoint image's CRIU tar holds.
+type Checkpoint struct {
+	// Entries are the tar's headers, in order.
+	Entries []*tar.Header
+	// Report is precopy's report, nil if the image has none.
+	Report *precopy.Report
+}
+
+// ReadCheckpoint reads the CRIU image tar of checkpoint image ref.
+func ReadCheckpoint(ctx context.Context, c *containerd.Client, ref string) (*Checkpoint, error) {
+	img, err := c.GetImage(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	store := c.ContentStore()
+	b, err := content.ReadBlob(ctx, store, img.Target())
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", ref, err)
+	}
+	var index ocispec.Index
+	if err := json.Unmarshal(b, &index); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: index: %w", ref, err)
+	}
+	var criuTar *ocispec.Descriptor
+	for i, m := range index.Manifests {
+		if m.MediaType == images.MediaTypeContainerd1Checkpoint {
+			criuTar = &index.Manifests[i]
+		}
+	}
+	if criuTar == nil {
+		return nil, fmt.Errorf("checkpoint %s has no CRIU image tar", ref)
+	}
+	ra, err := store.ReaderAt(ctx, *criuTar)
+	if err != nil {
+		return nil, err
+	}
+	defer ra.Close()
+	var cp Checkpoint
+	tr := tar.NewReader(content.NewReader(ra))
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return &cp, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint %s: CRIU tar: %w", ref, err)
+		}
+		cp.Entries = append(cp.Entries, h)
+		if strings.TrimPrefix(h.Name, "./") == precopy.ReportFile {
+			cp.Report = &precopy.Report{}
+			if err := json.NewDecoder(tr).Decode(cp.Report); err != nil {
+				return nil, fmt.Errorf("checkpoint %s: %s: %w", ref, precopy.ReportFile, err)
+			}
+		}
+	}
+}
+
+// NotFlat lists the entries that keep a CRIU tar from being one flat image
+// set: anything but a regular file at the top level. The CRI plugin
+// re-creates every entry as a regular file in one directory, so a parent
+// link or a round's subdirectory breaks Kubernetes' checkpoint path.
+func (cp *Checkpoint) NotFlat() []string {
+	var bad []string
+	for _, h := range cp.Entries {
+		name := strings.TrimPrefix(h.Name, "./")
+		if h.Typeflag != tar.TypeReg || strings.Contains(strings.TrimSuffix(name, "/"), "/") {
+			bad = append(bad, fmt.Sprintf("%s (type %c)", h.Name, h.Typeflag))
+		}
+	}
+	return bad
+}
+
+// CheckpointReport is precopy's report in checkpoint image ref.
+func CheckpointReport(ctx context.Context, c *containerd.Client, ref string) (*precopy.Report, error) {
+	cp, err := ReadCheckpoint(ctx, c, ref)
+	if err != nil {
+		return nil, err
+	}
+	if cp.Report == nil {
+		return nil, fmt.Errorf("checkpoint %s has no %s", ref, precopy.ReportFile)
+	}
+	return cp.Report, nil
+}

@@ -1,0 +1,84 @@
+package integration
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/precopy/precopy/integration/harness"
+	"github.com/precopy/precopy/precopy"
+	precopyshim "github.com/precopy/precopy/shim"
+)
+
+// TestPreCopyCheckpoint checkpoints the workload through an unchanged
+// client (`ctr c checkpoint --task --rw`: Pause, Checkpoint, Resume) on a
+// kernel with soft-dirty: the shim pre-copies during Pause, the final dump
+// goes on top of the rounds, and the image containerd stores is one flat
+// CRIU image set with precopy's report in it, which restores with
+// precopy's shim and with the stock runc-v2 shim.
+func TestPreCopyCheckpoint(t *testing.T) {
+	requireSoftDirty(t)
+	d := stack.daemon
+	ctx := testContext(t, d)
+	// Above the policy's default minimum size (64 MiB), below which
+	// pre-copy buys nothing.
+	src := runMemloadWith(t, d, "precopy-src", precopyshim.Runtime, "-mib", "96", "-dirty-mibps", "4", "-hot", "0.1")
+	before := queryMemload(t, ctx, src)
+
+	const ref = "precopy.test/checkpoint:precopy"
+	checkpointCtr(t, ctx, d, src.ID(), ref)
+	checkMemoryContinued(t, before, queryMemload(t, ctx, src))
+	removeContainer(t, d, src.ID())
+
+	report := requireFlatCheckpoint(t, ctx, d, ref)
+	if !report.PreCopied || len(report.Rounds) == 0 {
+		t.Fatalf("checkpoint was not pre-copied: %+v", report)
+	}
+	if report.Final == nil || report.Final.PagesSkippedParent == 0 {
+		t.Errorf("final dump skipped no page of its parent: %+v", report.Final)
+	}
+	t.Logf("pre-copy: %d rounds (%s), predicted freeze %v, final dump froze %v writing %d pages, flatten %v",
+		len(report.Rounds), report.Stop.Reason, report.Stop.PredictedFreeze, report.Final.Pause(),
+		report.Final.PagesWritten, report.FinalFlatten)
+
+	restored := restoreCtr(t, ctx, d, "precopy-dst", ref)
+	requireShim(t, ctx, restored, stack.bins.Path(harness.ShimBinary))
+	checkMemoryContinued(t, before, queryMemload(t, ctx, restored))
+}
+
+// TestOneShotWithoutSoftDirty checks the fallback on a kernel that cannot
+// track dirty memory: the checkpoint works, one-shot, and its report says
+// why pre-copy was skipped.
+func TestOneShotWithoutSoftDirty(t *testing.T) {
+	requireStack(t)
+	if stack.softDirty {
+		t.Skip("this kernel tracks dirty memory: TestPreCopyCheckpoint covers it")
+	}
+	d := stack.daemon
+	ctx := testContext(t, d)
+	src := runMemload(t, d, "oneshot-src", precopyshim.Runtime)
+	const ref = "precopy.test/checkpoint:oneshot"
+	checkpointCtr(t, ctx, d, src.ID(), ref)
+	report := requireFlatCheckpoint(t, ctx, d, ref)
+	if report.PreCopied || !strings.Contains(report.Skipped, "dirty memory") {
+		t.Errorf("report does not say pre-copy was skipped for lack of soft-dirty: %+v", report)
+	}
+}
+
+// requireFlatCheckpoint asserts that the CRIU tar of checkpoint ref is one
+// flat image set, as the CRI plugin needs, and returns precopy's report
+// from it.
+func requireFlatCheckpoint(t *testing.T, ctx context.Context, d *harness.Daemon, ref string) *precopy.Report {
+	t.Helper()
+	cp, err := harness.ReadCheckpoint(ctx, d.Client(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bad := cp.NotFlat(); len(bad) > 0 {
+		t.Errorf("checkpoint %s is not one flat image set: %s", ref, strings.Join(bad, ", "))
+	}
+	if cp.Report == nil {
+		t.Fatalf("checkpoint %s has no %s", ref, precopy.ReportFile)
+	}
+	return cp.Report
+}

@@ -1,0 +1,16 @@
+package imagechain
+
+import "errors"
+
+var (
+	// ErrMissingParentPages: a PE_PARENT entry names pages that no ancestor
+	// has, or there is no parent (link or pagemap) to take them from. CRIU's
+	// restore would fail the same way ("Missing %lx in parent pagemap",
+	// "No parent for snapshot pagemap").
+	ErrMissingParentPages = errors.New("PE_PARENT pages not found in the parent images")
+
+	// ErrLazyPages: an entry is PE_LAZY without PE_PRESENT, i.e. the images
+	// come from a --lazy-pages dump and the pages are only on the dump side's
+	// page server. They cannot be put into a flat image set.
+	ErrLazyPages = errors.New("PE_LAZY pages are not in the images (--lazy-pages dump)")
+)

@@ -1,0 +1,63 @@
+package precopy
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// ReportFile is the report's name in the checkpoint's image dir: it
+// travels inside the image, so whoever restores or inspects it sees how it
+// was made.
+const ReportFile = "precopy-report.json"
+
+// Report says how a checkpoint was made.
+type Report struct {
+	// Mode is how pre-copy was configured for the container.
+	Mode string `json:"mode"`
+	// PreCopied is false for a one-shot checkpoint; Skipped says why.
+	PreCopied bool   `json:"pre_copied"`
+	Skipped   string `json:"skipped,omitempty"`
+	// Trigger is the call that ran pre-copy: pause (standard clients pause
+	// before they checkpoint) or checkpoint (a client that does not).
+	Trigger string `json:"trigger,omitempty"`
+	// Rounds and why they stopped, including the predicted final freeze.
+	Rounds  []Round       `json:"rounds,omitempty"`
+	Stop    *Decision     `json:"stop,omitempty"`
+	PreCopy time.Duration `json:"pre_copy_ns,omitempty"`
+	// Final is the final dump: CRIU's statistics (Frozen is the measured
+	// final freeze) and the runtime call's wall time.
+	Final *Round `json:"final,omitempty"`
+	// FinalFlatten is what resolving the final dump against its parent
+	// cost; the container is still paused then.
+	FinalFlatten time.Duration `json:"final_flatten_ns,omitempty"`
+	// FellBack says why a pre-copy checkpoint was redone one-shot.
+	FellBack string `json:"fell_back,omitempty"`
+}
+
+// Write writes the report into image dir dir.
+func (r *Report) Write(dir string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ReportFile), append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", ReportFile, err)
+	}
+	return nil
+}
+
+// ReadReport reads the report from image dir dir.
+func ReadReport(dir string) (*Report, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ReportFile))
+	if err != nil {
+		return nil, err
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", ReportFile, err)
+	}
+	return &r, nil
+}

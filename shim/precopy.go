@@ -1,0 +1,205 @@
+//go:build linux
+
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/runc/options"
+	apitask "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+
+	"github.com/precopy/precopy/precopy"
+	"github.com/precopy/precopy/precopy/imagechain"
+)
+
+// discardAfter is how long the rounds of a pre-copying Pause wait for the
+// Checkpoint that standard clients send next; a Pause that no Checkpoint
+// follows (a user's `ctr task pause`) must not hold their memory forever.
+const discardAfter = 2 * time.Minute
+
+// container is precopy's state for one container the shim serves.
+type container struct {
+	// mu serialises pre-copy, Pause, Checkpoint, Resume and Delete of
+	// this container: a second checkpoint waits for the first.
+	mu        sync.Mutex
+	id        string
+	bundle    string
+	namespace string
+	settings  Settings
+
+	// chain is what a pre-copying Pause left for the Checkpoint after it.
+	chain   *precopy.Chain
+	report  *precopy.Report
+	discard *time.Timer
+}
+
+// takeChain hands over the pending rounds, if any. Callers hold c.mu.
+func (c *container) takeChain() (*precopy.Chain, *precopy.Report) {
+	if c.discard != nil {
+		c.discard.Stop()
+		c.discard = nil
+	}
+	chain, report := c.chain, c.report
+	c.chain, c.report = nil, nil
+	return chain, report
+}
+
+// dropChain discards the pending rounds, if any. Callers hold c.mu.
+func (c *container) dropChain(ctx context.Context, why string) {
+	chain, _ := c.takeChain()
+	if chain == nil {
+		return
+	}
+	if err := chain.Discard(); err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("precopy: discard rounds")
+	}
+	log.G(ctx).WithFields(log.Fields{"id": c.id, "rounds": len(chain.Rounds)}).Infof("precopy: rounds discarded: %s", why)
+}
+
+// preCopy runs pre-copy rounds on the running container, or says in the
+// report why not. A nil chain means the checkpoint will be one-shot.
+// Callers hold c.mu.
+func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*precopy.Chain, *precopy.Report) {
+	report := &precopy.Report{Mode: string(c.settings.Mode), Trigger: trigger}
+	skip := func(why string) (*precopy.Chain, *precopy.Report) {
+		report.Skipped = why
+		log.G(ctx).WithField("id", c.id).Infof("precopy: one-shot checkpoint: %s", why)
+		return nil, report
+	}
+	if c.settings.Mode != ModeAlways {
+		return skip(fmt.Sprintf("pre-copy mode is %q", c.settings.Mode))
+	}
+	if ok, why := softDirty(); !ok {
+		return skip("the kernel cannot track dirty memory: " + why)
+	}
+	st, err := s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: c.id})
+	if err != nil {
+		return skip(fmt.Sprintf("task state: %v", err))
+	}
+	if st.Status != apitask.Status_RUNNING {
+		return skip(fmt.Sprintf("task is %s, not running", st.Status))
+	}
+	useCRIUConfig()
+	r, err := newRunc(c.bundle, c.namespace)
+	if err != nil {
+		return skip(err.Error())
+	}
+	e := &precopy.Engine{
+		Dumper:  runcPreDumper{runc: r, id: c.id},
+		Policy:  c.settings.policy(),
+		Stats:   precopy.ReadDumpStats,
+		Flatten: flatten,
+		Dir:     filepath.Join(c.bundle, "precopy"),
+	}
+	chain, err := e.Run(ctx)
+	if err != nil {
+		return skip(err.Error())
+	}
+	report.PreCopied, report.Rounds, report.Stop, report.PreCopy = true, chain.Rounds, &chain.Stop, chain.Duration
+	log.G(ctx).WithFields(log.Fields{
+		"id": c.id, "rounds": len(chain.Rounds), "stop": chain.Stop.Reason,
+		"predicted_freeze": chain.Stop.PredictedFreeze, "took": chain.Duration,
+	}).Info("precopy: pre-copy done")
+	return chain, report
+}
+
+func flatten(dir string) error {
+	_, err := imagechain.Flatten(dir)
+	return err
+}
+
+// checkpointWithParent does the final dump of r on top of chain's last
+// round, flattens the image and writes the report. If the dump with a
+// parent fails while the container still runs, it is redone one-shot.
+func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.CheckpointTaskRequest, chain *precopy.Chain, report *precopy.Report) error {
+	var opts options.CheckpointOptions
+	if r.Options != nil {
+		if err := typeurl.UnmarshalTo(r.Options, &opts); err != nil {
+			return fmt.Errorf("checkpoint options: %w", err)
+		}
+	}
+	// runc wants the parent relative to the image path.
+	parent, err := filepath.Rel(r.Path, chain.LastImage())
+	if err != nil {
+		return fmt.Errorf("parent of %s: %w", r.Path, err)
+	}
+	opts.ParentPath = parent
+	// The final dump's statistics land in CRIU's work dir, which the runc
+	// shim deletes unless the caller chose one.
+	if opts.WorkPath == "" {
+		opts.WorkPath = filepath.Join(chain.Dir, "final-work")
+	}
+	any, err := typeurl.MarshalAnyToProto(&opts)
+	if err != nil {
+		return err
+	}
+	withParent := &taskAPI.CheckpointTaskRequest{ID: r.ID, Path: r.Path, Options: any}
+	start := time.Now()
+	if _, err := s.TTRPCTaskService.Checkpoint(ctx, withParent); err != nil {
+		if opts.Exit {
+			return fmt.Errorf("final dump on pre-copied rounds: %w", err)
+		}
+		report.FellBack = err.Error()
+		log.G(ctx).WithError(err).WithField("id", r.ID).Warn("precopy: final dump on pre-copied rounds failed; one-shot instead")
+		if err := emptyDir(r.Path); err != nil {
+			return err
+		}
+		if _, err := s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
+			return err
+		}
+		return report.Write(r.Path)
+	}
+	wall := time.Since(start)
+	final, err := precopy.ReadDumpStats(opts.WorkPath)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("precopy: final dump statistics")
+	}
+	final.Wall = wall
+	report.Final = &final
+	f := time.Now()
+	if err := flatten(r.Path); err != nil {
+		// The image still points at rounds about to be discarded: it must
+		// not be handed out as a checkpoint.
+		return fmt.Errorf("flatten final image: %w", err)
+	}
+	report.FinalFlatten = time.Since(f)
+	log.G(ctx).WithFields(log.Fields{
+		"id": r.ID, "rounds": len(chain.Rounds), "final_freeze": final.Pause(),
+		"predicted_freeze": chain.Stop.PredictedFreeze, "final_pages": final.PagesWritten,
+		"flatten": report.FinalFlatten,
+	}).Info("precopy: checkpoint done")
+	return report.Write(r.Path)
+}
+
+// namespaceOf is the containerd namespace of a request.
+func namespaceOf(ctx context.Context) (string, error) {
+	ns, ok := namespaces.Namespace(ctx)
+	if !ok {
+		return "", errors.New("no namespace in request")
+	}
+	return ns, nil
+}
+
+// emptyDir removes what a failed dump left in dir, keeping dir.
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
