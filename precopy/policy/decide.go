@@ -1,0 +1,133 @@
+package policy
+
+import (
+	"fmt"
+	"time"
+)
+
+// convergedPages is P.Haul's "nothing left" threshold: a round that wrote
+// this few pages leaves a final delta too small to chase.
+const convergedPages = 64
+
+// Decision is the policy's answer after a round.
+type Decision struct {
+	Continue bool   `json:"continue"`
+	Reason   Reason `json:"reason"`
+	// PredictedFreeze is the freeze the policy expects of a final dump
+	// started now. After one round it is an upper bound (every page
+	// dirtied again), since no dirty rate is known yet.
+	PredictedFreeze time.Duration `json:"predicted_freeze_ns"`
+}
+
+func (d Decision) String() string {
+	verb := "stop"
+	if d.Continue {
+		verb = "continue"
+	}
+	return fmt.Sprintf("%s (%s), predicted final freeze %v", verb, d.Reason, d.PredictedFreeze.Round(time.Millisecond))
+}
+
+// Skip says whether to skip pre-copy before any round, given the
+// container's memory (its cgroup's usage, say): too small to gain from it,
+// too large for the memory budget, or no rounds allowed.
+func Skip(cfg Config, memoryBytes uint64) (bool, Reason) {
+	switch {
+	case cfg.MaxRounds <= 0:
+		return true, ReasonMaxRounds
+	case memoryBytes < cfg.MinSize:
+		return true, ReasonTooSmall
+	case cfg.MemoryBudget > 0 && memoryBytes > cfg.MemoryBudget:
+		// Round 1 copies all of it.
+		return true, ReasonMemoryBudget
+	}
+	return false, ReasonMeasuring
+}
+
+// Decide says, after the rounds so far, whether to run another one or go
+// to the final dump; elapsed is the time since round 1 started. It is
+// pure: the same rounds and elapsed give the same decision.
+//
+// In order, it stops when round 1 found the container too small; when the
+// predicted final freeze meets the target (after one round only if even
+// rewriting every page would); when the load rewrote nearly all its memory
+// between two rounds or dirties faster than CRIU copies (cannot-converge);
+// when the rounds stopped shrinking by MinShrink (converged if what is left
+// to copy takes less than the fixed cost, not-shrinking otherwise); and
+// then on MaxRounds, TimeBudget and MemoryBudget.
+func Decide(cfg Config, rounds []Round, elapsed time.Duration) Decision {
+	k := len(rounds)
+	if k == 0 {
+		if cfg.MaxRounds <= 0 {
+			return Decision{Reason: ReasonMaxRounds}
+		}
+		return Decision{Continue: true, Reason: ReasonMeasuring}
+	}
+	first, last := rounds[0], rounds[k-1]
+	model := EstimateCopy(rounds)
+	pages := PredictFinalPages(rounds, TimeUntilFinal(rounds, elapsed))
+	fixed, memory := fixedCost(cfg, rounds), model.Time(pages)
+	predicted := fixed + memory
+	stop := func(r Reason) Decision { return Decision{Reason: r, PredictedFreeze: predicted} }
+
+	if first.PagesWritten*PageSize < cfg.MinSize {
+		return stop(ReasonTooSmall)
+	}
+	if predicted <= cfg.TargetFreeze {
+		return stop(ReasonTargetMet)
+	}
+	keep := 1 - cfg.MinShrink // most a round may write, relative to the one before
+	if k >= 2 {
+		rate, _ := DirtyRate(rounds)
+		// Round 1 wrote every resident page: a later round that wrote
+		// nearly as many did not shrink at all.
+		if float64(last.PagesWritten) >= keep*float64(last.resident()) ||
+			(model.PagesPerSecond > 0 && rate >= model.PagesPerSecond) {
+			return stop(ReasonCannotConverge)
+		}
+		if last.PagesWritten <= convergedPages {
+			return stop(ReasonConverged)
+		}
+		if k >= 3 && float64(last.PagesWritten) > keep*float64(rounds[k-2].PagesWritten) {
+			if memory <= fixed {
+				return stop(ReasonConverged)
+			}
+			return stop(ReasonNotShrinking)
+		}
+	}
+	if k >= cfg.MaxRounds {
+		return stop(ReasonMaxRounds)
+	}
+	if cfg.TimeBudget > 0 && elapsed+nextRoundTime(rounds, model, pages) > cfg.TimeBudget {
+		return stop(ReasonTimeBudget)
+	}
+	if cfg.MemoryBudget > 0 && heldBytes(rounds)+pages*PageSize > cfg.MemoryBudget {
+		return stop(ReasonMemoryBudget)
+	}
+	if k == 1 {
+		return Decision{Continue: true, Reason: ReasonMeasuring, PredictedFreeze: predicted}
+	}
+	return Decision{Continue: true, Reason: ReasonShrinking, PredictedFreeze: predicted}
+}
+
+// nextRoundTime is how long the next round is expected to take: the last
+// round's time outside copying memory (CRIU's start, freezing, the
+// parasite) plus copying the pages it will find dirty. After round 1 the
+// page count is unknown and the worst case would end every large
+// container's pre-copy at round 1, so round 2 is only held to the budget
+// already spent.
+func nextRoundTime(rounds []Round, model CopyModel, pages uint64) time.Duration {
+	if len(rounds) < 2 {
+		return 0
+	}
+	last := rounds[len(rounds)-1]
+	return max(last.Wall-last.copyTime(), 0) + model.Time(pages)
+}
+
+// heldBytes is the round images pre-copy holds.
+func heldBytes(rounds []Round) uint64 {
+	var n uint64
+	for _, r := range rounds {
+		n += uint64(max(r.ImageBytes, 0))
+	}
+	return n
+}

@@ -1,0 +1,162 @@
+package policy
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDecideReasons runs Decide on synthetic histories (synth_test.go: a
+// 1 GiB container copied at 100k pages/s + 10 ms a round, 200 ms of
+// overhead a round) chosen to hit each reason.
+func TestDecideReasons(t *testing.T) {
+	def := DefaultConfig() // fixed cost 160 ms, target 300 ms
+	with := func(f func(*Config)) Config { c := def; f(&c); return c }
+	for _, tc := range []struct {
+		name    string
+		cfg     Config
+		written []uint64
+		// extra is time spent after the last round, before Decide.
+		extra time.Duration
+		want  Reason
+		cont  bool
+	}{
+		{"no rounds yet", def, nil, 0, ReasonMeasuring, true},
+		{"no rounds allowed", with(func(c *Config) { c.MaxRounds = 0 }), nil, 0, ReasonMaxRounds, false},
+		// One round measures no dirty rate; the worst case is far off.
+		{"round 1 measures", def, []uint64{synthResident}, 0, ReasonMeasuring, true},
+		{"round 1 too small", def, []uint64{10000}, 0, ReasonTooSmall, false},
+		// 20000 pages (78 MiB): even if all are dirtied again, the final
+		// dump takes 160+10+200 ms, within a 400 ms target.
+		{"round 1 worst case meets target", with(func(c *Config) { c.TargetFreeze = 400 * time.Millisecond }),
+			[]uint64{20000}, 0, ReasonTargetMet, false},
+		{"delta small: target met", def, []uint64{synthResident, 2000}, 0, ReasonTargetMet, false},
+		{"delta large, shrinking", def, []uint64{synthResident, 30000}, 0, ReasonShrinking, true},
+		{"still shrinking by 20 %", def, []uint64{synthResident, 30000, 24000}, 0, ReasonShrinking, true},
+		{"not shrinking, memory dominates", def, []uint64{synthResident, 30000, 28000}, 0, ReasonNotShrinking, false},
+		{"grew", def, []uint64{synthResident, 20000, 25000}, 0, ReasonNotShrinking, false},
+		// A target under the fixed cost is never met; once the rounds
+		// stop shrinking and the copy is the smaller part, stop.
+		{"plateau under fixed cost: converged", with(func(c *Config) { c.TargetFreeze = 100 * time.Millisecond }),
+			[]uint64{synthResident, 3000, 2900}, 0, ReasonConverged, false},
+		{"nothing left: converged", with(func(c *Config) { c.TargetFreeze = 100 * time.Millisecond }),
+			[]uint64{synthResident, 50}, 0, ReasonConverged, false},
+		// Round 2 rewrote 95 % of the memory round 1 copied.
+		{"rewrites everything: cannot converge", def, []uint64{synthResident, 250000}, 0, ReasonCannotConverge, false},
+		// Round 2 took 0.5 s; round 3 found 60000 pages dirtied in it:
+		// 120k pages/s, more than the 100k CRIU copies.
+		{"dirties faster than copied: cannot converge", def, []uint64{synthResident, 30000, 60000}, 0, ReasonCannotConverge, false},
+		{"max rounds", with(func(c *Config) { c.MaxRounds = 2 }), []uint64{synthResident, 30000}, 0, ReasonMaxRounds, false},
+		{"max rounds 1", with(func(c *Config) { c.MaxRounds = 1 }), []uint64{synthResident}, 0, ReasonMaxRounds, false},
+		// Round 1 took 2.8 s, past a 2 s budget.
+		{"time budget spent in round 1", with(func(c *Config) { c.TimeBudget = 2 * time.Second }),
+			[]uint64{synthResident}, 0, ReasonTimeBudget, false},
+		// 3.34 s spent; the next round should take ~0.5 s.
+		{"next round would overrun", with(func(c *Config) { c.TimeBudget = 3500 * time.Millisecond }),
+			[]uint64{synthResident, 30000}, 0, ReasonTimeBudget, false},
+		{"next round fits", with(func(c *Config) { c.TimeBudget = 4 * time.Second }),
+			[]uint64{synthResident, 30000}, 0, ReasonShrinking, true},
+		{"no time budget", with(func(c *Config) { c.TimeBudget = 0 }), []uint64{synthResident, 30000}, time.Hour, ReasonShrinking, true},
+		// 1 GiB held; round 2 could be another 1 GiB.
+		{"memory budget, round 2 unbounded", with(func(c *Config) { c.MemoryBudget = 1536 << 20 }),
+			[]uint64{synthResident}, 0, ReasonMemoryBudget, false},
+		// 1 GiB + 117 MiB held, ~117 MiB more expected.
+		{"memory budget, next delta", with(func(c *Config) { c.MemoryBudget = 1200 << 20 }),
+			[]uint64{synthResident, 30000}, 0, ReasonMemoryBudget, false},
+		{"no memory budget", with(func(c *Config) { c.MemoryBudget = 0 }), []uint64{synthResident}, 0, ReasonMeasuring, true},
+	} {
+		rounds, elapsed := synth(tc.written...)
+		d := Decide(tc.cfg, rounds, elapsed+tc.extra)
+		if d.Reason != tc.want || d.Continue != tc.cont {
+			t.Errorf("%s: Decide = %v, want continue=%v (%s)", tc.name, d, tc.cont, tc.want)
+		}
+		if len(rounds) > 0 && d.PredictedFreeze < tc.cfg.FinalDumpFixedCost {
+			t.Errorf("%s: predicted final freeze %v below the fixed cost", tc.name, d.PredictedFreeze)
+		}
+	}
+}
+
+func TestDecideIsPure(t *testing.T) {
+	rounds, elapsed := synth(synthResident, 30000, 24000)
+	before := slices.Clone(rounds)
+	a := Decide(DefaultConfig(), rounds, elapsed)
+	b := Decide(DefaultConfig(), rounds, elapsed)
+	if a != b || !slices.Equal(rounds, before) {
+		t.Fatalf("Decide changed its input or its answer: %v then %v", a, b)
+	}
+}
+
+// TestDecidePredictionTracksDelta: the prediction after a round is about
+// the final dump of the pages that round found dirty.
+func TestDecidePredictionTracksDelta(t *testing.T) {
+	rounds, elapsed := synth(synthResident, 30000)
+	d := Decide(DefaultConfig(), rounds, elapsed)
+	// 30000 pages over round 1's 2.83 s (the dirtying time the rate was
+	// measured on, longer than round 2's own): 30000 pages again.
+	want := 160*time.Millisecond + synthPerRound + 300*time.Millisecond
+	if !near(float64(d.PredictedFreeze), float64(want), 0.001) {
+		t.Errorf("predicted %v, want %v", d.PredictedFreeze, want)
+	}
+}
+
+func TestSkip(t *testing.T) {
+	def := DefaultConfig()
+	off := def
+	off.MaxRounds = 0
+	unlimited := def
+	unlimited.MemoryBudget = 0
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		memory uint64
+		skip   bool
+		reason Reason
+	}{
+		{"default size", def, 1 << 30, false, ReasonMeasuring},
+		{"at the minimum", def, def.MinSize, false, ReasonMeasuring},
+		{"below the minimum", def, def.MinSize - 1, true, ReasonTooSmall},
+		{"above the memory budget", def, def.MemoryBudget + 1, true, ReasonMemoryBudget},
+		{"no memory budget", unlimited, 64 << 30, false, ReasonMeasuring},
+		{"rounds off", off, 1 << 30, true, ReasonMaxRounds},
+	} {
+		skip, reason := Skip(tc.cfg, tc.memory)
+		if skip != tc.skip || reason != tc.reason {
+			t.Errorf("%s: Skip = %v, %s; want %v, %s", tc.name, skip, reason, tc.skip, tc.reason)
+		}
+	}
+}
+
+func TestDecisionString(t *testing.T) {
+	d := Decision{Reason: ReasonTargetMet, PredictedFreeze: 276400 * time.Microsecond}
+	if got, want := d.String(), "stop (target-met), predicted final freeze 276ms"; got != want {
+		t.Errorf("String = %q, want %q", got, want)
+	}
+	d.Continue, d.Reason = true, ReasonShrinking
+	if got := d.String(); !strings.HasPrefix(got, "continue (shrinking)") {
+		t.Errorf("String = %q", got)
+	}
+}
+
+func TestDefaultConfigIsValid(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := []func(*Config){
+		func(c *Config) { c.TargetFreeze = 0 },
+		func(c *Config) { c.MaxRounds = -1 },
+		func(c *Config) { c.MaxRounds = MaxRoundsLimit + 1 },
+		func(c *Config) { c.TimeBudget = -time.Second },
+		func(c *Config) { c.MinShrink = 1 },
+		func(c *Config) { c.MinShrink = -0.1 },
+		func(c *Config) { c.FinalDumpFixedCost = -time.Millisecond },
+		func(c *Config) { c.Mode = "sometimes" },
+	}
+	for i, f := range bad {
+		c := DefaultConfig()
+		f(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("bad config %d (%+v) validated", i, c)
+		}
+	}
+}
