@@ -20,6 +20,7 @@ import (
 
 	"github.com/precopy/precopy/precopy"
 	"github.com/precopy/precopy/precopy/imagechain"
+	"github.com/precopy/precopy/precopy/policy"
 )
 
 // discardAfter is how long the rounds of a pre-copying Pause wait for the
@@ -37,13 +38,16 @@ type container struct {
 	namespace string
 	settings  Settings
 
-	// chain is what a pre-copying Pause left for the Checkpoint after it.
+	// chain is what a pre-copying Pause left for the Checkpoint after it;
+	// report is that Pause's account, also when it skipped pre-copy.
 	chain   *precopy.Chain
 	report  *precopy.Report
 	discard *time.Timer
 }
 
-// takeChain hands over the pending rounds, if any. Callers hold c.mu.
+// takeChain hands over the pending rounds and the report of the Pause
+// that made them (a report without rounds says why there are none).
+// Callers hold c.mu.
 func (c *container) takeChain() (*precopy.Chain, *precopy.Report) {
 	if c.discard != nil {
 		c.discard.Stop()
@@ -88,6 +92,13 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 	}
 	if st.Status != apitask.Status_RUNNING {
 		return skip(fmt.Sprintf("task is %s, not running", st.Status))
+	}
+	mem, err := s.residentBytes(ctx, c.id)
+	if err != nil {
+		return skip(fmt.Sprintf("container memory: %v", err))
+	}
+	if no, why := policy.Skip(c.settings.Policy, mem); no {
+		return skip(fmt.Sprintf("policy: %s (%d MiB resident)", why, mem>>20))
 	}
 	useCRIUConfig()
 	r, err := newRunc(c.bundle, c.namespace)
@@ -202,4 +213,27 @@ func emptyDir(dir string) error {
 		}
 	}
 	return nil
+}
+
+// residentBytes is the memory resident in the container's processes, what
+// a first round would copy. It sums /proc/<pid>/statm, which works alike
+// on cgroup v1 and v2 (the runc-v2 service's Stats returns either).
+func (s *Service) residentBytes(ctx context.Context, id string) (uint64, error) {
+	resp, err := s.TTRPCTaskService.Pids(ctx, &taskAPI.PidsRequest{ID: id})
+	if err != nil {
+		return 0, err
+	}
+	page := uint64(os.Getpagesize())
+	var total uint64
+	for _, p := range resp.Processes {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", p.Pid))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		var size, resident uint64
+		if _, err := fmt.Sscan(string(b), &size, &resident); err == nil {
+			total += resident * page
+		}
+	}
+	return total, nil
 }

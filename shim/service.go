@@ -107,7 +107,7 @@ func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.E
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.chain == nil {
+	if c.report == nil {
 		c.chain, c.report = s.preCopy(ctx, c, "pause")
 	}
 	resp, err := s.TTRPCTaskService.Pause(ctx, r)
@@ -147,8 +147,10 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// What the Pause before decided stands; without one (a client that
+	// checkpoints a running task), decide now.
 	chain, report := c.takeChain()
-	if chain == nil {
+	if report == nil {
 		chain, report = s.preCopy(ctx, c, "checkpoint")
 	}
 	if chain == nil {
