@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -62,10 +63,10 @@ func TestEngineChainsRoundsAndFlattensWhileRunning(t *testing.T) {
 	if len(c.Rounds) != 3 || c.Stop.Reason != "enough" {
 		t.Fatalf("rounds %d, stop %+v", len(c.Rounds), c.Stop)
 	}
-	if want := []string{"", "../round-1", "../round-2"}; !equal(d.calls, want) {
+	if want := []string{"", "../round-1", "../round-2"}; !slices.Equal(d.calls, want) {
 		t.Errorf("parents %q, want %q", d.calls, want)
 	}
-	if want := []string{"round-2", "round-3"}; !equal(flattened, want) {
+	if want := []string{"round-2", "round-3"}; !slices.Equal(flattened, want) {
 		t.Errorf("flattened %q, want %q", flattened, want)
 	}
 	// Only the last round is kept: earlier ones were merged into it.
@@ -109,16 +110,4 @@ func TestEngineStopsWhenContextEnds(t *testing.T) {
 	if _, err := e.Run(ctx); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err %v, want context.Canceled", err)
 	}
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -122,7 +123,7 @@ func TestFlattenRecursive(t *testing.T) {
 	// 0x150 d3 P|L.
 	got := flagsOf(t, filepath.Join(d3, "pagemap-1.img"))
 	want1 := []uint32{pel, pel, pe, pel, pe, pel}
-	if !equalFlags(got, want1) {
+	if !slices.Equal(got, want1) {
 		t.Errorf("pagemap-1 flags %#x, want %#x", got, want1)
 	}
 	if img, err := readPagemap(filepath.Join(d3, "pagemap-1.img")); err != nil || !img.wide {
@@ -304,16 +305,4 @@ func TestCommitUndo(t *testing.T) {
 		t.Fatal("commit succeeded")
 	}
 	sameSnapshot(t, snapshot(t, dir), before)
-}
-
-func equalFlags(a, b []uint32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
