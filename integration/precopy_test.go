@@ -2,8 +2,12 @@ package integration
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	containerd "github.com/containerd/containerd/v2/client"
 
 	"github.com/precopy/precopy/integration/harness"
 	"github.com/precopy/precopy/precopy"
@@ -84,4 +88,36 @@ func requireFlatCheckpoint(t *testing.T, ctx context.Context, d *harness.Daemon,
 		t.Fatalf("checkpoint %s has no %s", ref, precopy.ReportFile)
 	}
 	return cp.Report
+}
+
+// TestPauseWithoutCheckpoint pauses and resumes a container with no
+// checkpoint between: the container is paused as asked, and the rounds the
+// Pause pre-copied (where the kernel can) are gone after the Resume.
+func TestPauseWithoutCheckpoint(t *testing.T) {
+	requireStack(t)
+	d := stack.daemon
+	ctx := testContext(t, d)
+	task := runMemloadWith(t, d, "pause-only", precopyshim.Runtime, "-mib", "96", "-dirty-mibps", "4", "-hot", "0.1")
+	rounds := filepath.Join(filepath.Dir(d.RootfsPath(task.ID())), "precopy")
+	if err := task.Pause(ctx); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	requireStatus(t, ctx, task, containerd.Paused)
+	_, err := os.Stat(rounds)
+	if stack.softDirty && err != nil {
+		t.Errorf("pause pre-copied no rounds: %v", err)
+	}
+	if !stack.softDirty && !os.IsNotExist(err) {
+		t.Errorf("pause without soft-dirty left %s: %v", rounds, err)
+	}
+	if err := task.Resume(ctx); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	requireStatus(t, ctx, task, containerd.Running)
+	if _, err := os.Stat(rounds); !os.IsNotExist(err) {
+		t.Errorf("rounds kept after resume: %v", err)
+	}
+	if err := queryMemload(t, ctx, task).Check(); err != nil {
+		t.Error(err)
+	}
 }
