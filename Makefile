@@ -21,7 +21,10 @@ export PRECOPY_BIN_DIR := $(BIN)
 # Integration tests fail, not skip, when the stack is missing.
 export PRECOPY_REQUIRE_STACK := 1
 
-.PHONY: build deps install test test-unit test-integration test-vm demo clean
+# The benchmark scenario for `make bench` (see integration/bench).
+SCENARIO ?= low-dirty-256m
+
+.PHONY: build deps install test test-unit test-integration test-vm demo bench clean
 
 build:
 	mkdir -p $(BIN)
@@ -54,6 +57,10 @@ test-vm: build
 
 demo: deps build
 	bash hack/demo.sh
+
+# Measures; never part of make test.
+bench: deps build
+	bash hack/bench.sh $(SCENARIO)
 
 clean:
 	rm -rf $(OUT)

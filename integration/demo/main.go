@@ -15,12 +15,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/precopy/precopy/integration/harness"
-	"github.com/precopy/precopy/integration/workload"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
@@ -72,15 +70,16 @@ func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
 	x := demo{d: d, args: []string{"-mib", fmt.Sprint(mib), "-dirty-mibps", fmt.Sprint(dirty), "-hot", fmt.Sprint(hot)}}
 
 	fmt.Printf("\n1. one-shot, stock runc-v2 (%s)\n", precopyshim.RuncRuntime)
-	stockPause, _, err := x.checkpoint(ctx, "stock", precopyshim.RuncRuntime)
+	stock, err := x.checkpoint(ctx, "stock", precopyshim.RuncRuntime)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("\n2. precopy (%s)\n", precopyshim.Runtime)
-	precopyPause, before, err := x.checkpoint(ctx, "precopy", precopyshim.Runtime)
+	pc, err := x.checkpoint(ctx, "precopy", precopyshim.Runtime)
 	if err != nil {
 		return err
 	}
+	before := pc.Before
 	if err := x.showReport(ctx, "precopy.demo/precopy:1"); err != nil {
 		return err
 	}
@@ -89,7 +88,7 @@ func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
 	if err := x.step(ctx, "ctr c restore --live --rw", "containers", "restore", "--live", "--rw", "precopy-restored", "precopy.demo/precopy:1"); err != nil {
 		return err
 	}
-	restored, err := x.query(ctx, "precopy-restored")
+	restored, err := x.d.Memload(ctx, "precopy-restored", "query")
 	if err != nil {
 		return err
 	}
@@ -101,50 +100,23 @@ func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
 	if !restored.StartedAt.Equal(before.StartedAt) || restored.Counter <= before.Counter {
 		return errors.New("restored workload is not the checkpointed process image")
 	}
-	fmt.Printf("\nresult: pause the workload perceived: one-shot %.0f ms, precopy %.0f ms (%.2f×); restore verified\n",
-		stockPause, precopyPause, precopyPause/stockPause)
+	fmt.Printf("\nresult: pause the workload perceived: one-shot %.0f ms, precopy %.0f ms (%.2f×); CRIU's final dump: %.0f ms vs %.0f ms (%.2f×); %d rounds; restore verified\n",
+		ms(stock.Pause), ms(pc.Pause), float64(pc.Pause)/float64(stock.Pause),
+		ms(stock.FinalDump), ms(pc.FinalDump), float64(pc.FinalDump)/float64(stock.FinalDump), pc.Rounds())
 	return nil
 }
 
 // checkpoint runs the workload in container id on runtime, checkpoints it
-// as precopy.demo/<id>:1, and returns the pause the workload perceived and
-// its status before the checkpoint.
-func (x demo) checkpoint(ctx context.Context, id, runtime string) (float64, workload.Status, error) {
-	args := append([]string{"run", "-d", "--runtime", runtime, harness.MemloadImage, id, "/" + harness.MemloadBinary}, x.args...)
-	if err := x.step(ctx, "ctr run", args...); err != nil {
-		return 0, workload.Status{}, err
-	}
-	if _, err := workload.WaitReadable(ctx, filepath.Join(x.d.RootfsPath(id), "status.json")); err != nil {
-		return 0, workload.Status{}, err
-	}
-	before, err := x.query(ctx, id)
+// as precopy.demo/<id>:1, and returns what was measured.
+func (x demo) checkpoint(ctx context.Context, id, runtime string) (harness.Measurement, error) {
+	m, err := harness.MeasureCheckpoint(ctx, x.d, id, runtime, "precopy.demo/"+id+":1", x.args)
 	if err != nil {
-		return 0, before, err
+		return m, err
 	}
-	time.Sleep(2 * time.Second) // let the rewriting settle into its rate
-	if _, err := x.d.Ctr(ctx, "task", "exec", "--exec-id", "reset", id, "/"+harness.MemloadBinary, "reset-gap"); err != nil {
-		return 0, before, err
-	}
-	if err := x.step(ctx, "ctr c checkpoint --task --rw", "containers", "checkpoint", "--task", "--rw", id, "precopy.demo/"+id+":1"); err != nil {
-		return 0, before, err
-	}
-	after, err := x.query(ctx, id)
-	if err != nil {
-		return 0, before, err
-	}
-	fmt.Printf("   pause the workload perceived: %.0f ms\n", after.MaxGapMS)
-	if _, err := x.d.Ctr(ctx, "task", "kill", "-s", "SIGKILL", id); err != nil {
-		return 0, before, err
-	}
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		x.d.Ctr(ctx, "task", "delete", id)
-		if _, err := x.d.Ctr(ctx, "container", "delete", id); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			return 0, before, err
-		}
-	}
-	return after.MaxGapMS, before, nil
+	fmt.Printf("   checkpoint (pause, checkpoint --rw, resume)  %7.0f ms\n", ms(m.Wall))
+	fmt.Printf("   pause the workload perceived:               %7.0f ms\n", ms(m.Pause))
+	fmt.Printf("   CRIU final dump froze it:                   %7.0f ms\n", ms(m.FinalDump))
+	return m, nil
 }
 
 // showReport prints precopy's report from the checkpoint's image.
@@ -167,14 +139,6 @@ func (x demo) showReport(ctx context.Context, ref string) error {
 			f.PagesWritten, f.PagesSkippedParent, ms(f.Pause()), ms(report.FinalFlatten))
 	}
 	return nil
-}
-
-func (x demo) query(ctx context.Context, id string) (workload.Status, error) {
-	out, err := x.d.Ctr(ctx, "task", "exec", "--exec-id", fmt.Sprintf("q%d", time.Now().UnixNano()), id, "/"+harness.MemloadBinary, "query")
-	if err != nil {
-		return workload.Status{}, err
-	}
-	return workload.ParseStatus([]byte(out))
 }
 
 func (x demo) step(ctx context.Context, what string, args ...string) error {

@@ -206,7 +206,11 @@ func (d *Daemon) Close() error {
 	defer cancel()
 	var errs []error
 	if d.client != nil {
-		errs = append(errs, removeContainers(d.Context(ctx), d.client))
+		if list, err := d.client.Containers(d.Context(ctx)); err != nil {
+			errs = append(errs, fmt.Errorf("list containers: %w", err))
+		} else {
+			errs = append(errs, removeContainers(d.Context(ctx), d.client, list...))
+		}
 		d.client.Close()
 	}
 	if d.cmd != nil && d.cmd.Process != nil {
@@ -230,13 +234,9 @@ func (d *Daemon) Close() error {
 	return errors.Join(errs...)
 }
 
-// removeContainers kills and deletes every task and container of the
-// namespace in ctx. A paused task is thawed first, so the kill lands.
-func removeContainers(ctx context.Context, c *containerd.Client) error {
-	list, err := c.Containers(ctx)
-	if err != nil {
-		return fmt.Errorf("list containers: %w", err)
-	}
+// removeContainers kills and deletes containers with their tasks. A
+// paused task is thawed first, so the kill lands.
+func removeContainers(ctx context.Context, c *containerd.Client, list ...containerd.Container) error {
 	var errs []error
 	for _, ctr := range list {
 		if task, err := ctr.Task(ctx, nil); err == nil {

@@ -1,0 +1,163 @@
+// Command bench compares checkpoint pauses of the memory workload under
+// containerd's stock runc-v2 shim (one-shot) and precopy, on one private
+// containerd, alternating the two, and prints per run and, as its last
+// line, the medians:
+//
+//	scenario=<name> stock_pause_ms=… precopy_pause_ms=… pause_ratio=… stock_final_dump_ms=… precopy_final_dump_ms=… final_dump_ratio=… rounds=…
+//
+// pause is the workload's own longest loop gap, final dump CRIU's freezing
+// + frozen time of the last dump. It measures; it asserts nothing.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/precopy/precopy/integration/harness"
+	precopyshim "github.com/precopy/precopy/shim"
+)
+
+// scenarios are the workloads the bench knows: memory, rewrite rate, hot
+// fraction (the memload flags).
+var scenarios = map[string][]string{
+	"low-dirty-256m": {"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"},
+	"low-dirty-1g":   {"-mib", "1024", "-dirty-mibps", "16", "-hot", "0.1"},
+	// Rewrites all of its memory faster than CRIU dumps it.
+	"write-all-256m": {"-mib", "256", "-dirty-mibps", "4096", "-hot", "1"},
+}
+
+func main() {
+	scenario := flag.String("scenario", "low-dirty-256m", "one of: "+strings.Join(names(), ", "))
+	runs := flag.Int("runs", 3, "checkpoints per configuration")
+	flag.Parse()
+	args, ok := scenarios[*scenario]
+	if !ok || *runs < 1 {
+		fmt.Fprintf(os.Stderr, "bench: unknown scenario %q (have %s) or runs < 1\n", *scenario, strings.Join(names(), ", "))
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *scenario, args, *runs); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func names() []string {
+	var n []string
+	for k := range scenarios {
+		n = append(n, k)
+	}
+	slices.Sort(n)
+	return n
+}
+
+func run(ctx context.Context, scenario string, args []string, runs int) (retErr error) {
+	found, err := harness.CheckStack(ctx)
+	if err != nil {
+		return err
+	}
+	if ok, why := harness.SoftDirty(ctx); !ok {
+		return fmt.Errorf("%s (make bench runs in the soft-dirty VM)", why)
+	}
+	bins, removeBins, err := harness.FindBinaries()
+	defer removeBins()
+	if err != nil {
+		return err
+	}
+	d, err := harness.StartDaemon(ctx, harness.Options{ShimDirs: []string{bins.Dir}, Namespace: "precopy-bench", Env: found.CRIUEnv})
+	if err != nil {
+		return err
+	}
+	defer func() { retErr = errors.Join(retErr, d.Close()) }()
+	ctx = d.Context(ctx)
+	if err := harness.ImportMemload(ctx, d.Client(), bins); err != nil {
+		return err
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	fmt.Printf("bench %s: memload %s; kernel %s; %d runs per configuration, alternating; %s\n",
+		scenario, strings.Join(args, " "), strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))
+
+	// The first dump after boot pays kernel-module autoload (conntrack
+	// netlink, x_tables, nf_tables) and CRIU's kerndat probe: warm both
+	// shims up on a small workload first, unmeasured.
+	for _, runtime := range []string{precopyshim.RuncRuntime, precopyshim.Runtime} {
+		id := "warm-up-" + strings.ReplaceAll(runtime, ".", "-")
+		if _, err := harness.MeasureCheckpoint(ctx, d, id, runtime, "precopy.bench/"+id+":1", []string{"-mib", "16"}); err != nil {
+			return fmt.Errorf("warm-up on %s: %w", runtime, err)
+		}
+		if err := d.RemoveImage(ctx, "precopy.bench/"+id+":1"); err != nil {
+			return err
+		}
+	}
+
+	var stock, pc []harness.Measurement
+	for i := 1; i <= runs; i++ {
+		for _, runtime := range []string{precopyshim.RuncRuntime, precopyshim.Runtime} {
+			id := fmt.Sprintf("bench-%d-%s", i, strings.ReplaceAll(runtime, ".", "-"))
+			ref := "precopy.bench/" + id + ":1"
+			m, err := harness.MeasureCheckpoint(ctx, d, id, runtime, ref, args)
+			if err != nil {
+				return fmt.Errorf("run %d on %s: %w", i, runtime, err)
+			}
+			if err := d.RemoveImage(ctx, ref); err != nil {
+				return err
+			}
+			stop := ""
+			if m.Report != nil && m.Report.Stop != nil {
+				stop = " stop=" + m.Report.Stop.Reason
+			}
+			fmt.Printf("run=%d runtime=%s pause_ms=%.0f final_dump_ms=%.0f checkpoint_ms=%.0f rounds=%d%s\n",
+				i, runtime, ms(m.Pause), ms(m.FinalDump), ms(m.Wall), m.Rounds(), stop)
+			if runtime == precopyshim.Runtime {
+				pc = append(pc, m)
+			} else {
+				stock = append(stock, m)
+			}
+		}
+	}
+	sp, pp := median(stock, pause), median(pc, pause)
+	sf, pf := median(stock, finalDump), median(pc, finalDump)
+	fmt.Printf("spread: stock pause %s, precopy pause %s, stock final dump %s, precopy final dump %s (min-max ms)\n",
+		spread(stock, pause), spread(pc, pause), spread(stock, finalDump), spread(pc, finalDump))
+	fmt.Printf("scenario=%s stock_pause_ms=%.0f precopy_pause_ms=%.0f pause_ratio=%.3f stock_final_dump_ms=%.0f precopy_final_dump_ms=%.0f final_dump_ratio=%.3f rounds=%.0f\n",
+		scenario, sp, pp, pp/sp, sf, pf, pf/sf, median(pc, rounds))
+	return nil
+}
+
+func pause(m harness.Measurement) float64     { return ms(m.Pause) }
+func finalDump(m harness.Measurement) float64 { return ms(m.FinalDump) }
+func rounds(m harness.Measurement) float64    { return float64(m.Rounds()) }
+
+func values(ms []harness.Measurement, f func(harness.Measurement) float64) []float64 {
+	v := make([]float64, len(ms))
+	for i, m := range ms {
+		v[i] = f(m)
+	}
+	slices.Sort(v)
+	return v
+}
+
+func median(ms []harness.Measurement, f func(harness.Measurement) float64) float64 {
+	v := values(ms, f)
+	if n := len(v); n%2 == 1 {
+		return v[n/2]
+	} else {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+}
+
+func spread(ms []harness.Measurement, f func(harness.Measurement) float64) string {
+	v := values(ms, f)
+	return fmt.Sprintf("%.0f-%.0f", v[0], v[len(v)-1])
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -1,0 +1,134 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/containerd/api/types/runc/options"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/images"
+	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/precopy/precopy/integration/workload"
+	"github.com/precopy/precopy/precopy"
+)
+
+// Measurement is one checkpoint of the memory workload, as the workload
+// and CRIU saw it.
+type Measurement struct {
+	Runtime string
+	// Pause is the longest gap the workload perceived in its loop.
+	Pause time.Duration
+	// FinalDump is CRIU's freezing + frozen time of the final dump.
+	FinalDump time.Duration
+	// Wall is the checkpoint call (pause to resume).
+	Wall time.Duration
+	// Report is precopy's report, nil for the stock shim.
+	Report *precopy.Report
+	// Before is the workload's status before the checkpoint.
+	Before workload.Status
+}
+
+// Rounds is how many pre-copy rounds ran.
+func (m Measurement) Rounds() int {
+	if m.Report == nil {
+		return 0
+	}
+	return len(m.Report.Rounds)
+}
+
+// MeasureCheckpoint runs the workload with args in container id on
+// runtime, lets it settle, and checkpoints it into image ref as
+// `ctr c checkpoint --task --rw` does (Pause, Checkpoint with the rw layer,
+// Resume: the same client calls), except that CRIU's work dir is kept so
+// its statistics can be read: the stock shim deletes its own. The
+// container is removed afterwards; the checkpoint image stays.
+func MeasureCheckpoint(ctx context.Context, d *Daemon, id, runtime, ref string, args []string) (m Measurement, err error) {
+	m.Runtime = runtime
+	c := d.Client()
+	if _, err := d.Ctr(ctx, append([]string{"run", "-d", "--runtime", runtime, MemloadImage, id, "/" + MemloadBinary}, args...)...); err != nil {
+		return m, err
+	}
+	defer func() {
+		ctr, lerr := c.LoadContainer(ctx, id)
+		if lerr == nil {
+			removeContainers(ctx, c, ctr)
+		}
+	}()
+	status := filepath.Join(d.RootfsPath(id), "status.json")
+	if _, err := workload.WaitReadable(ctx, status); err != nil {
+		return m, err
+	}
+	if m.Before, err = d.Memload(ctx, id, "query"); err != nil {
+		return m, err
+	}
+	time.Sleep(2 * time.Second) // let the rewriting settle into its rate
+	if _, err := d.Memload(ctx, id, "reset-gap"); err != nil {
+		return m, err
+	}
+
+	work, err := os.MkdirTemp("", "precopy-criu-work-")
+	if err != nil {
+		return m, err
+	}
+	defer os.RemoveAll(work)
+	keepWork := func(_ context.Context, _ *containerd.Client, _ *containers.Container, _ *imagespec.Index, copts *options.CheckpointOptions) error {
+		copts.WorkPath = work
+		return nil
+	}
+	ctr, err := c.LoadContainer(ctx, id)
+	if err != nil {
+		return m, err
+	}
+	task, err := ctr.Task(ctx, nil)
+	if err != nil {
+		return m, err
+	}
+	start := time.Now()
+	if err := task.Pause(ctx); err != nil {
+		return m, fmt.Errorf("pause: %w", err)
+	}
+	_, cerr := ctr.Checkpoint(ctx, ref, containerd.WithCheckpointRuntime, containerd.WithCheckpointRW, keepWork, containerd.WithCheckpointTask)
+	rerr := task.Resume(ctx)
+	m.Wall = time.Since(start)
+	if cerr != nil {
+		return m, fmt.Errorf("checkpoint: %w", cerr)
+	}
+	if rerr != nil {
+		return m, fmt.Errorf("resume: %w", rerr)
+	}
+	after, err := d.Memload(ctx, id, "query")
+	if err != nil {
+		return m, err
+	}
+	m.Pause = after.MaxGap()
+	final, err := precopy.ReadDumpStats(work)
+	if err != nil {
+		return m, err
+	}
+	m.FinalDump = final.Pause()
+	if cp, err := ReadCheckpoint(ctx, c, ref); err == nil {
+		m.Report = cp.Report
+	}
+	return m, nil
+}
+
+// Memload runs `memload <subcommand>` in container id and parses what it
+// prints.
+func (d *Daemon) Memload(ctx context.Context, id, subcommand string) (workload.Status, error) {
+	out, err := d.Ctr(ctx, "task", "exec", "--exec-id", fmt.Sprintf("%s-%d", subcommand, time.Now().UnixNano()), id, "/"+MemloadBinary, subcommand)
+	if err != nil {
+		return workload.Status{}, err
+	}
+	return workload.ParseStatus([]byte(out))
+}
+
+// RemoveImage deletes image ref and waits for its content to go, so that
+// runs do not pile checkpoints up in memory.
+func (d *Daemon) RemoveImage(ctx context.Context, ref string) error {
+	return d.Client().ImageService().Delete(ctx, ref, images.SynchronousDelete())
+}
