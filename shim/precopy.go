@@ -178,7 +178,10 @@ func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.Checkpoin
 	final.Wall = wall
 	report.Final = &final
 	f := time.Now()
-	if err := flatten(r.Path); err != nil {
+	// The rounds are discarded after this, so the final flatten may take
+	// over the last round's pages instead of copying them, where the page
+	// layout allows.
+	if _, err := imagechain.FlattenConsuming(r.Path); err != nil {
 		// The image still points at rounds about to be discarded: it must
 		// not be handed out as a checkpoint.
 		return fmt.Errorf("flatten final image: %w", err)

@@ -122,31 +122,37 @@ func makeChain(t *testing.T, root string, pid int, pause time.Duration, env []st
 	}
 }
 
-// flattenings are the two ways precopy may flatten a chain: each round
-// right after it is written (one level each time), or the last dump alone
-// (recursive).
+// flattenings are the ways precopy may flatten a chain: each round right
+// after it is written (one level each time), the same with the last dump
+// flattened by FlattenConsuming, or the last dump alone (recursive).
 var flattenings = []struct {
-	name string
-	dirs []string
+	name        string
+	dirs        []string
+	consumeLast bool
 }{
-	{"one-level", []string{"d2", "d3"}},
-	{"recursive", []string{"d3"}},
+	{"one-level", []string{"d2", "d3"}, false},
+	{"consuming", []string{"d2", "d3"}, true},
+	{"recursive", []string{"d3"}, false},
 }
 
-// flattenCopy copies chain to dst, flattens the given dirs in order, logs
-// what each took, removes d1 and d2 and checks that d3 alone holds the
-// memory the chain held.
-func flattenCopy(t *testing.T, label, chain, dst string, dirs []string, want map[string]map[uint64]uint64) {
+// flattenCopy copies chain to dst, flattens the given dirs in order (the
+// last with FlattenConsuming if consumeLast), logs what each took, removes
+// d1 and d2 and checks that d3 alone holds the memory the chain held.
+func flattenCopy(t *testing.T, label, chain, dst string, dirs []string, consumeLast bool, want map[string]map[uint64]uint64) {
 	t.Helper()
 	copyTree(t, chain, dst)
-	for _, d := range dirs {
-		res, err := Flatten(filepath.Join(dst, d))
+	for i, d := range dirs {
+		flatten, how := Flatten, "flatten"
+		if consumeLast && i == len(dirs)-1 {
+			flatten, how = FlattenConsuming, "flatten-consuming"
+		}
+		res, err := flatten(filepath.Join(dst, d))
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("TIMING %s flatten %s: %s (depth %d, %d pagemaps, %d pages copied = %d MiB, %d kept, %d MiB written)",
-			label, d, res.Duration.Round(10*time.Microsecond), res.Depth, res.Pagemaps, res.PagesCopied,
-			res.BytesCopied>>20, res.PagesKept, res.BytesWritten>>20)
+		t.Logf("TIMING %s %s %s: %s (depth %d, %d pagemaps, %d pages copied = %d MiB, %d taken over, %d kept, %d MiB written)",
+			label, how, d, res.Duration.Round(10*time.Microsecond), res.Depth, res.Pagemaps, res.PagesCopied,
+			res.BytesCopied>>20, res.PagesTakenOver, res.PagesKept, res.BytesWritten>>20)
 	}
 	for _, d := range []string{"d1", "d2"} {
 		if err := os.RemoveAll(filepath.Join(dst, d)); err != nil {
@@ -217,7 +223,7 @@ func memloadChain(t *testing.T, memload string, mib int) {
 	for _, f := range flattenings {
 		t.Run(f.name, func(t *testing.T) {
 			dst := filepath.Join(root, f.name)
-			flattenCopy(t, fmt.Sprintf("%dMiB %s", mib, f.name), chain, dst, f.dirs, want)
+			flattenCopy(t, fmt.Sprintf("%dMiB %s", mib, f.name), chain, dst, f.dirs, f.consumeLast, want)
 			restore(t, filepath.Join(dst, "d3"), filepath.Join(root, "logs", f.name+"-restore.log"), pid)
 			out, err := exec.Command(memload, "query", "-status", status, "-pid", strconv.Itoa(pid), "-timeout", "5m").Output()
 			if err != nil {
@@ -272,7 +278,7 @@ func TestFlattenCRIUChainShmem(t *testing.T) {
 	for _, f := range flattenings {
 		t.Run(f.name, func(t *testing.T) {
 			dst := filepath.Join(root, f.name)
-			flattenCopy(t, "shmem 32MiB "+f.name, chain, dst, f.dirs, want)
+			flattenCopy(t, "shmem 32MiB "+f.name, chain, dst, f.dirs, f.consumeLast, want)
 			// The restored shmload has the memory of the dump, where no check
 			// was made yet; drop what an earlier restore wrote.
 			if err := os.Remove(status); err != nil {
@@ -425,7 +431,7 @@ func TestFlattenSavedChains(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					flattenCopy(t, fmt.Sprintf("%s %s #%d", e.Name(), f.name, run), chain, work, f.dirs, want)
+					flattenCopy(t, fmt.Sprintf("%s %s #%d", e.Name(), f.name, run), chain, work, f.dirs, f.consumeLast, want)
 					os.RemoveAll(work)
 				}
 			}

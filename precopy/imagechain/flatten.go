@@ -25,8 +25,13 @@ type Result struct {
 	// BytesCopied is PagesCopied in bytes.
 	BytesCopied int64
 	// BytesWritten is the size of the new pages files: the copied pages
-	// plus the kept pages of rewritten pagemaps.
+	// plus the kept pages of rewritten pagemaps. For a pages file taken
+	// over by FlattenConsuming, only dir's pages written into it count.
 	BytesWritten int64
+	// PagesTakenOver (FlattenConsuming only) counts the pages resolved
+	// from the parent that were not copied: the parent's pages file became
+	// the new one, with dir's own pages written over it in place.
+	PagesTakenOver uint64
 	// Duration is the wall time Flatten took.
 	Duration time.Duration
 }
@@ -44,7 +49,7 @@ type Result struct {
 // or writes dir.
 func Flatten(dir string) (Result, error) {
 	start := time.Now()
-	res, err := flatten(dir, uint64(os.Getpagesize()))
+	res, err := flatten(dir, uint64(os.Getpagesize()), false)
 	res.Duration = time.Since(start)
 	if err != nil {
 		return res, fmt.Errorf("flatten %s: %w", dir, err)
@@ -52,7 +57,8 @@ func Flatten(dir string) (Result, error) {
 	return res, nil
 }
 
-func flatten(dir string, pageSize uint64) (Result, error) {
+// flatten is Flatten, and FlattenConsuming with consume.
+func flatten(dir string, pageSize uint64, consume bool) (Result, error) {
 	var res Result
 	names, err := dirNames(dir)
 	if err != nil {
@@ -101,7 +107,7 @@ func flatten(dir string, pageSize uint64) (Result, error) {
 		if nextID == 0 {
 			return res, errors.New("no pages_id left")
 		}
-		if err := flattenPagemap(dir, name, img, nextID, c, r, &res); err != nil {
+		if err := flattenPagemap(dir, name, img, nextID, c, r, consume, &res); err != nil {
 			return res, fmt.Errorf("pagemap %s: %w", name, err)
 		}
 		nextID++
@@ -122,8 +128,10 @@ func flatten(dir string, pageSize uint64) (Result, error) {
 }
 
 // flattenPagemap writes the flat version of pagemap name (decoded as img)
-// and its pages file, to be committed by r.
-func flattenPagemap(dir, name string, img *pagemapImage, newID uint32, c *chain, r *replacement, res *Result) error {
+// and its pages file, to be committed by r. With consume, the pages file
+// is the parent's one patched in place when the layouts allow it (see
+// FlattenConsuming).
+func flattenPagemap(dir, name string, img *pagemapImage, newID uint32, c *chain, r *replacement, consume bool, res *Result) error {
 	mapPath := filepath.Join(dir, name)
 	mapInfo, err := os.Stat(mapPath)
 	if err != nil {
@@ -147,6 +155,7 @@ func flattenPagemap(dir, name string, img *pagemapImage, newID uint32, c *chain,
 	flat := &pagemapImage{pagesID: newID, wide: img.wide}
 	var plan copyPlan
 	var ownOff int64
+	var kept, copied uint64
 	for _, e := range img.entries {
 		if e.vaddr%c.pageSize != 0 {
 			return fmt.Errorf("pagemap entry %s: not page aligned", e)
@@ -156,7 +165,7 @@ func flattenPagemap(dir, name string, img *pagemapImage, newID uint32, c *chain,
 			plan.add(own, ownOff, n)
 			ownOff += n
 			flat.entries = appendMerged(flat.entries, e, c.pageSize, flat.maxEntryPages())
-			res.PagesKept += e.pages
+			kept += e.pages
 			continue
 		}
 		// PE_PARENT (entryFromProto refused anything else): the same
@@ -164,21 +173,41 @@ func flattenPagemap(dir, name string, img *pagemapImage, newID uint32, c *chain,
 		err := c.resolve(0, name, e.vaddr, e.pages, func(s segment) {
 			plan.add(s.src, s.off, int64(s.pages*c.pageSize))
 			flat.entries = appendMerged(flat.entries, entry{vaddr: s.vaddr, pages: s.pages, flags: s.flags}, c.pageSize, flat.maxEntryPages())
-			res.PagesCopied += s.pages
-			res.BytesCopied += int64(s.pages * c.pageSize)
+			copied += s.pages
 		})
 		if err != nil {
 			return err
 		}
 	}
 
-	if err := writeNew(r, pagesName(newID), pagesMode, true, func(f *os.File) error {
-		w := &pagesWriter{dst: f}
-		return w.run(&plan)
-	}); err != nil {
-		return err
+	res.PagesKept += kept
+	done := false
+	if consume {
+		t, err := planTakeover(name, img, own, c)
+		if err != nil {
+			return err
+		}
+		if t != nil {
+			if done, err = t.write(r, pagesName(newID)); err != nil {
+				return err
+			}
+		}
+		if done {
+			res.PagesTakenOver += copied
+			res.BytesWritten += t.size()
+		}
 	}
-	res.BytesWritten += plan.size()
+	if !done {
+		if err := writeNew(r, pagesName(newID), pagesMode, true, func(f *os.File) error {
+			w := &pagesWriter{dst: f}
+			return w.run(&plan)
+		}); err != nil {
+			return err
+		}
+		res.PagesCopied += copied
+		res.BytesCopied += int64(copied * c.pageSize)
+		res.BytesWritten += plan.size()
+	}
 
 	if err := writeNew(r, name, mapInfo.Mode(), false, func(f *os.File) error {
 		return writePagemap(f, flat)

@@ -1,0 +1,161 @@
+package imagechain
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+// writeSameLayoutChain builds a flat d1 and a d2 listing exactly d1's pages
+// (precopy's final dump): pagemap-1 and the shmem one keep d1's layout,
+// with d2's own pages scattered over it; pagemap-2 (when grow) gains a page.
+func writeSameLayoutChain(t *testing.T, root string, grow bool) {
+	t.Helper()
+	writeFakeDir(t, filepath.Join(root, "d1"), "d1", "",
+		fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{
+			{0x100, 8, pel}, {0x110, 4, pe}, {0x120, 16, pel},
+		}},
+		fakePagemap{name: "pagemap-2.img", pagesID: 2, entries: []fakeEntry{{0x200, 4, pe}}},
+		fakePagemap{name: "pagemap-shmem-77.img", pagesID: 3, entries: []fakeEntry{{0, 8, pe}}},
+	)
+	pm2 := []fakeEntry{{0x200, 4, par}}
+	if grow {
+		pm2 = append(pm2, fakeEntry{0x204, 1, pe})
+	}
+	writeFakeDir(t, filepath.Join(root, "d2"), "d2", "../d1",
+		fakePagemap{name: "pagemap-1.img", pagesID: 4, wide: true, entries: []fakeEntry{
+			{0x100, 2, par}, {0x102, 1, pel}, {0x103, 5, par},
+			{0x110, 4, par},
+			{0x120, 3, pel}, {0x123, 10, par}, {0x12d, 3, pel},
+		}},
+		fakePagemap{name: "pagemap-2.img", pagesID: 5, entries: pm2},
+		fakePagemap{name: "pagemap-shmem-77.img", pagesID: 6, legacy: true, entries: []fakeEntry{
+			{0, 1, pe}, {1, 6, par}, {7, 1, pe},
+		}},
+	)
+}
+
+// flattenBoth flattens dir (under two copies of a chain made by build) with
+// Flatten and FlattenConsuming, checks both against the chain's memory and
+// each other (pages and flags), and returns FlattenConsuming's result.
+func flattenBoth(t *testing.T, build func(t *testing.T, root string), dir string) Result {
+	t.Helper()
+	rootA, rootB := t.TempDir(), t.TempDir()
+	build(t, rootA)
+	build(t, rootB)
+	want := memoryOfDir(t, filepath.Join(rootA, dir))
+	if _, err := Flatten(filepath.Join(rootA, dir)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := FlattenConsuming(filepath.Join(rootB, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", res)
+	for _, root := range []string{rootA, rootB} {
+		d := filepath.Join(root, dir)
+		checkFlat(t, d)
+		// Nothing behind dir is needed any more.
+		for _, name := range []string{"d1", "d2"} {
+			if name != dir {
+				if err := os.RemoveAll(filepath.Join(root, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		sameMemory(t, memoryOfDir(t, d), want)
+	}
+	for _, name := range pagemapNames(t, filepath.Join(rootA, dir)) {
+		a := flagsOf(t, filepath.Join(rootA, dir, name))
+		b := flagsOf(t, filepath.Join(rootB, dir, name))
+		if !slices.Equal(a, b) {
+			t.Errorf("%s: flags %#x, Flatten gives %#x", name, b, a)
+		}
+	}
+	return res
+}
+
+func TestFlattenConsumingSameLayout(t *testing.T) {
+	res := flattenBoth(t, func(t *testing.T, root string) { writeSameLayoutChain(t, root, false) }, "d2")
+	// Own pages: pagemap-1 1+3+3, shmem 2. From the parent: pagemap-1
+	// 2+5+4+10, pagemap-2 4, shmem 6.
+	want := Result{Flattened: true, Depth: 1, Pagemaps: 3, PagesKept: 9, PagesTakenOver: 31, BytesWritten: int64(9 * pageSize)}
+	res.Duration = 0
+	if res != want {
+		t.Errorf("result %+v, want %+v", res, want)
+	}
+}
+
+func TestFlattenConsumingLayoutDiffers(t *testing.T) {
+	// pagemap-2 gained a page: copied; the others are taken over.
+	res := flattenBoth(t, func(t *testing.T, root string) { writeSameLayoutChain(t, root, true) }, "d2")
+	want := Result{Flattened: true, Depth: 1, Pagemaps: 3, PagesKept: 10, PagesCopied: 4, PagesTakenOver: 27}
+	want.BytesCopied = int64(4 * pageSize)
+	want.BytesWritten = int64((9 + 5) * pageSize) // own pages of the takeovers; all of pagemap-2
+	res.Duration = 0
+	if res != want {
+		t.Errorf("result %+v, want %+v", res, want)
+	}
+}
+
+func TestFlattenConsumingRemovedPages(t *testing.T) {
+	// d2 lists fewer pages than d1 (some became zero or were unmapped).
+	build := func(t *testing.T, root string) {
+		writeFakeDir(t, filepath.Join(root, "d1"), "d1", "",
+			fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x100, 8, pe}, {0x110, 4, pe}}})
+		writeFakeDir(t, filepath.Join(root, "d2"), "d2", "../d1",
+			fakePagemap{name: "pagemap-1.img", pagesID: 2, entries: []fakeEntry{{0x100, 2, pe}, {0x102, 6, par}}})
+	}
+	res := flattenBoth(t, build, "d2")
+	if res.PagesTakenOver != 0 || res.PagesCopied != 6 {
+		t.Errorf("result %+v, want a copy", res)
+	}
+}
+
+func TestFlattenConsumingParentNotFlat(t *testing.T) {
+	// d3's parent d2 has PE_PARENT entries everywhere d3 refers to it.
+	res := flattenBoth(t, writeFakeChain, "d3")
+	if res.PagesTakenOver != 0 || res.PagesCopied != 41 || res.Depth != 2 {
+		t.Errorf("result %+v, want a copy", res)
+	}
+}
+
+func TestFlattenConsumingNoParent(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "d")
+	writeFakeDir(t, dir, "d", "", fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x10, 4, pel}}})
+	before := snapshot(t, dir)
+	res, err := FlattenConsuming(dir)
+	if err != nil || res.Flattened {
+		t.Errorf("%+v, %v", res, err)
+	}
+	sameSnapshot(t, snapshot(t, dir), before)
+}
+
+// TestFlattenConsumingErrorKeepsChain fails on pagemap-2 after pagemap-1's
+// pages were written into the parent's pages file: dir must be unchanged
+// and still restore the same memory through its (consumed) parent.
+func TestFlattenConsumingErrorKeepsChain(t *testing.T) {
+	root := t.TempDir()
+	writeSameLayoutChain(t, root, false)
+	d2 := filepath.Join(root, "d2")
+	// pagemap-2 wants 0x200-0x203 from d1, which now has only two.
+	os.Remove(filepath.Join(root, "d1", "pagemap-2.img"))
+	writeFakePagemap(t, filepath.Join(root, "d1"), "d1",
+		fakePagemap{name: "pagemap-2.img", pagesID: 2, entries: []fakeEntry{{0x200, 2, pe}}})
+	want := memoryOf(t, d2, "pagemap-1.img")
+	before := snapshot(t, d2)
+	d1Before := snapshot(t, filepath.Join(root, "d1"))
+	res, err := FlattenConsuming(d2)
+	t.Log(err)
+	if err == nil || res.Flattened {
+		t.Fatalf("FlattenConsuming: %+v, %v", res, err)
+	}
+	sameSnapshot(t, snapshot(t, d2), before)
+	// The test is about a parent already patched.
+	if snapshot(t, filepath.Join(root, "d1"))[pagesName(1)] == d1Before[pagesName(1)] {
+		t.Error("d1's pages-1.img was not patched before the failure")
+	}
+	got := map[string]map[uint64]uint64{"pagemap-1.img": memoryOf(t, d2, "pagemap-1.img")}
+	sameMemory(t, got, map[string]map[uint64]uint64{"pagemap-1.img": want})
+}
