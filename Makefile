@@ -54,6 +54,9 @@ test-vm: build
 	go test -c -o $(OUT)/integration.test ./integration/
 	bash integration/vm/run.sh -t 2400 -- $(OUT)/integration.test -test.v -test.count=1 \
 		-test.timeout $(TEST_TIMEOUT) -test.run '$(VM_RUN)' 2>&1 | tee $(OUT)/test-vm.log
+	go test -c -o $(OUT)/imagechain.test ./precopy/imagechain/
+	bash integration/vm/run.sh -t 2400 -- $(OUT)/imagechain.test -test.v -test.count=1 \
+		-test.timeout $(TEST_TIMEOUT) 2>&1 | tee $(OUT)/test-vm-imagechain.log
 
 demo: deps build
 	bash hack/demo.sh
