@@ -49,33 +49,7 @@ func TestRestoreWithStockRuncV2(t *testing.T) {
 	checkpointCtr(t, ctx, d, src.ID(), ref)
 	removeContainer(t, d, src.ID())
 
-	c := d.Client()
-	checkpoint, err := c.GetImage(ctx, ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const id = "stock-dst"
-	t.Cleanup(func() { removeContainer(t, d, id) })
-	stockRuntime := func(context.Context, string, *containerd.Client, containerd.Image, *ocispec.Index) containerd.NewContainerOpts {
-		return containerd.WithRuntime(precopyshim.RuncRuntime, nil)
-	}
-	ctr, err := c.Restore(ctx, id, checkpoint,
-		containerd.WithRestoreImage, containerd.WithRestoreSpec, containerd.WithRestoreRW, stockRuntime)
-	if err != nil {
-		t.Fatalf("restore container: %v", err)
-	}
-	task, err := ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, os.Stderr, os.Stderr)), containerd.WithTaskCheckpoint(checkpoint))
-	if err != nil {
-		t.Fatalf("restore task with stock runc-v2: %v", err)
-	}
-	if err := task.Start(ctx); err != nil {
-		t.Fatalf("start restored task: %v", err)
-	}
-	stock, err := exec.LookPath("containerd-shim-runc-v2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	requireShim(t, ctx, task, stock)
+	task := restoreWithStockRuncV2(t, ctx, d, "stock-dst", ref)
 	checkMemoryContinued(t, before, queryMemload(t, ctx, task))
 }
 
@@ -119,6 +93,40 @@ func TestDropInAsRuncV2(t *testing.T) {
 	restored := restoreCtr(t, ctx, d, "dropin-dst", ref)
 	requireShim(t, ctx, restored, dropInShim)
 	checkMemoryContinued(t, before, queryMemload(t, ctx, restored))
+}
+
+// restoreWithStockRuncV2 restores checkpoint ref into container id with
+// containerd's own runc-v2 shim, whatever runtime took it, and returns the
+// running task.
+func restoreWithStockRuncV2(t *testing.T, ctx context.Context, d *harness.Daemon, id, ref string) containerd.Task {
+	t.Helper()
+	c := d.Client()
+	checkpoint, err := c.GetImage(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeContainer(t, d, id) })
+	stockRuntime := func(context.Context, string, *containerd.Client, containerd.Image, *ocispec.Index) containerd.NewContainerOpts {
+		return containerd.WithRuntime(precopyshim.RuncRuntime, nil)
+	}
+	ctr, err := c.Restore(ctx, id, checkpoint,
+		containerd.WithRestoreImage, containerd.WithRestoreSpec, containerd.WithRestoreRW, stockRuntime)
+	if err != nil {
+		t.Fatalf("restore container: %v", err)
+	}
+	task, err := ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, os.Stderr, os.Stderr)), containerd.WithTaskCheckpoint(checkpoint))
+	if err != nil {
+		t.Fatalf("restore task with stock runc-v2: %v", err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatalf("start restored task: %v", err)
+	}
+	stock, err := exec.LookPath("containerd-shim-runc-v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireShim(t, ctx, task, stock)
+	return task
 }
 
 // checkpointCtr runs `ctr containers checkpoint --task --rw`, which pauses

@@ -48,6 +48,11 @@ func TestPreCopyCheckpoint(t *testing.T) {
 	restored := restoreCtr(t, ctx, d, "precopy-dst", ref)
 	requireShim(t, ctx, restored, stack.bins.Path(harness.ShimBinary))
 	checkMemoryContinued(t, before, queryMemload(t, ctx, restored))
+	removeContainer(t, d, restored.ID())
+
+	// Flat and self-contained: containerd's own shim restores it too.
+	stock := restoreWithStockRuncV2(t, ctx, d, "precopy-stock-dst", ref)
+	checkMemoryContinued(t, before, queryMemload(t, ctx, stock))
 }
 
 // TestOneShotFallback checks that a checkpoint pre-copy skips is one-shot,
