@@ -47,40 +47,20 @@ func TestMain(m *testing.M) {
 
 func setUpStack() (cleanup func()) {
 	ctx := context.Background()
-	found, err := harness.CheckStack(ctx)
+	env, err := harness.Setup(ctx, fmt.Sprintf("precopy-test-%d", os.Getpid()))
 	if err != nil {
 		stack.err = err
 		return func() {}
 	}
-	for _, note := range found.Notes {
+	for _, note := range env.Notes {
 		fmt.Fprintln(os.Stderr, "integration: note:", note)
 	}
-	stack.criuEnv = found.CRIUEnv
-	bins, removeBins, err := harness.FindBinaries()
-	if err != nil {
-		stack.err = err
-		return removeBins
-	}
-	stack.bins = bins
+	stack.bins, stack.daemon, stack.criuEnv = env.Bins, env.Daemon, env.CRIUEnv
 	stack.softDirty, stack.noSoftDirty = harness.SoftDirty(ctx)
-	d, err := harness.StartDaemon(ctx, harness.Options{
-		ShimDirs:  []string{bins.Dir},
-		Namespace: fmt.Sprintf("precopy-test-%d", os.Getpid()),
-		Env:       stack.criuEnv,
-	})
-	if err != nil {
-		stack.err = err
-		return removeBins
-	}
-	if err := harness.ImportMemload(d.Context(ctx), d.Client(), bins); err != nil {
-		stack.err = err
-	}
-	stack.daemon = d
 	return func() {
-		if err := d.Close(); err != nil {
+		if err := env.Close(); err != nil {
 			fmt.Fprintf(os.Stderr, "integration: teardown: %v\n", err)
 		}
-		removeBins()
 	}
 }
 

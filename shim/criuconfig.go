@@ -19,8 +19,9 @@ const criuConfigPath = "/run/precopy/criu.conf"
 // container's network with nftables instead of iptables, where CRIU and the
 // kernel support it. Both block the container's traffic for the frozen
 // window (the same protection); iptables exec's iptables-restore twice
-// inside that window, nftables is a library call: ≈ 56 ms less natively and
-// ≈ 420 ms less under TCG for the final dump. The method is recorded in
+// inside that window, nftables is a library call (measured by hand before
+// this code, ../shared/notes/facts.md: ≈ 56 ms less natively and ≈ 420 ms
+// less under TCG for the final dump; not yet re-measured by the bench). The method is recorded in
 // the image (inventory.img), so restore unlocks with the same one.
 //
 // It goes through CRIU_CONFIG_FILE in the environment runc passes to CRIU,

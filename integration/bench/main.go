@@ -61,27 +61,16 @@ func names() []string {
 }
 
 func run(ctx context.Context, scenario string, args []string, runs int) (retErr error) {
-	found, err := harness.CheckStack(ctx)
-	if err != nil {
-		return err
-	}
 	if ok, why := harness.SoftDirty(ctx); !ok {
 		return fmt.Errorf("%s (make bench runs in the soft-dirty VM)", why)
 	}
-	bins, removeBins, err := harness.FindBinaries()
-	defer removeBins()
+	env, err := harness.Setup(ctx, "precopy-bench")
 	if err != nil {
 		return err
 	}
-	d, err := harness.StartDaemon(ctx, harness.Options{ShimDirs: []string{bins.Dir}, Namespace: "precopy-bench", Env: found.CRIUEnv})
-	if err != nil {
-		return err
-	}
-	defer func() { retErr = errors.Join(retErr, d.Close()) }()
+	defer func() { retErr = errors.Join(retErr, env.Close()) }()
+	d := env.Daemon
 	ctx = d.Context(ctx)
-	if err := harness.ImportMemload(ctx, d.Client(), bins); err != nil {
-		return err
-	}
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	fmt.Printf("bench %s: memload %s; kernel %s; %d runs per configuration, alternating; %s\n",
 		scenario, strings.Join(args, " "), strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))

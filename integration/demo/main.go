@@ -41,27 +41,16 @@ type demo struct {
 }
 
 func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
-	found, err := harness.CheckStack(ctx)
+	env, err := harness.Setup(ctx, "precopy-demo")
 	if err != nil {
 		return err
 	}
-	for _, note := range found.Notes {
+	defer func() { retErr = errors.Join(retErr, env.Close()) }()
+	for _, note := range env.Notes {
 		fmt.Println("note:", note)
 	}
-	bins, removeBins, err := harness.FindBinaries()
-	defer removeBins()
-	if err != nil {
-		return err
-	}
-	d, err := harness.StartDaemon(ctx, harness.Options{ShimDirs: []string{bins.Dir}, Namespace: "precopy-demo", Env: found.CRIUEnv})
-	if err != nil {
-		return err
-	}
-	defer func() { retErr = errors.Join(retErr, d.Close()) }()
+	d := env.Daemon
 	ctx = d.Context(ctx)
-	if err := harness.ImportMemload(ctx, d.Client(), bins); err != nil {
-		return err
-	}
 	fmt.Printf("precopy demo: private containerd at %s\n", d.Address)
 	fmt.Printf("workload: memload holding %d MiB, rewriting %g MiB/s over %g%% of it\n", mib, dirty, hot*100)
 	if ok, why := harness.SoftDirty(ctx); !ok {
