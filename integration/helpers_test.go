@@ -41,6 +41,28 @@ func runMemload(t *testing.T, d *harness.Daemon, id, runtime string) containerd.
 // runMemloadWith is runMemload with the workload's arguments given.
 func runMemloadWith(t *testing.T, d *harness.Daemon, id, runtime string, args ...string) containerd.Task {
 	t.Helper()
+	return runMemloadAnnotated(t, d, id, runtime, nil, args...)
+}
+
+// runMemloadAnnotated is runMemloadWith with OCI annotations on the
+// container (precopy's io.precopy.* settings).
+func runMemloadAnnotated(t *testing.T, d *harness.Daemon, id, runtime string, annotations map[string]string, args ...string) containerd.Task {
+	t.Helper()
+	task, err := newMemloadTask(t, d, id, runtime, annotations, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(testContext(t, d)); err != nil {
+		t.Fatalf("start task %s: %v", id, err)
+	}
+	waitMemloadReady(t, d, task)
+	return task
+}
+
+// newMemloadTask creates (not starts) the workload's container and task;
+// the container is removed when t ends. Its error is the task's creation's.
+func newMemloadTask(t *testing.T, d *harness.Daemon, id, runtime string, annotations map[string]string, args ...string) (containerd.Task, error) {
+	t.Helper()
 	ctx := testContext(t, d)
 	c := d.Client()
 	image, err := c.GetImage(ctx, harness.MemloadImage)
@@ -49,21 +71,14 @@ func runMemloadWith(t *testing.T, d *harness.Daemon, id, runtime string, args ..
 	}
 	ctr, err := c.NewContainer(ctx, id,
 		containerd.WithNewSnapshot(id, image),
-		containerd.WithNewSpec(oci.WithImageConfig(image), oci.WithProcessArgs(append([]string{"/" + harness.MemloadBinary}, args...)...)),
+		containerd.WithNewSpec(oci.WithImageConfig(image), oci.WithAnnotations(annotations),
+			oci.WithProcessArgs(append([]string{"/" + harness.MemloadBinary}, args...)...)),
 		containerd.WithRuntime(runtime, nil))
 	if err != nil {
 		t.Fatalf("create container %s on %s: %v", id, runtime, err)
 	}
 	t.Cleanup(func() { removeContainer(t, d, id) })
-	task, err := ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, os.Stderr, os.Stderr)))
-	if err != nil {
-		t.Fatalf("create task %s: %v", id, err)
-	}
-	if err := task.Start(ctx); err != nil {
-		t.Fatalf("start task %s: %v", id, err)
-	}
-	waitMemloadReady(t, d, task)
-	return task
+	return ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, os.Stderr, os.Stderr)))
 }
 
 // waitMemloadReady waits until the workload has filled its memory and

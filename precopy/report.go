@@ -17,6 +17,9 @@ const ReportFile = "precopy-report.json"
 type Report struct {
 	// Mode is how pre-copy was configured for the container.
 	Mode string `json:"mode"`
+	// CRIUOptions are the CRIU options precopy set beyond runc's, as
+	// config-file lines.
+	CRIUOptions []string `json:"criu_options,omitempty"`
 	// PreCopied is false for a one-shot checkpoint; Skipped says why.
 	PreCopied bool   `json:"pre_copied"`
 	Skipped   string `json:"skipped,omitempty"`

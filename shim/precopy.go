@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/api/types/runc/options"
 	apitask "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 
@@ -114,6 +115,7 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 	}
 	chain, err := e.Run(ctx)
 	if err != nil {
+		thawAfterFailedRound(ctx, r, c.id)
 		return skip(err.Error())
 	}
 	report.PreCopied, report.Rounds, report.Stop, report.PreCopy = true, chain.Rounds, &chain.Stop, chain.Duration
@@ -122,6 +124,29 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 		"predicted_freeze": chain.Stop.PredictedFreeze, "took": chain.Duration,
 	}).Info("precopy: pre-copy done")
 	return chain, report
+}
+
+// thawAfterFailedRound thaws a container that a failed round left frozen.
+// CRIU freezes the container's cgroup for each round and thaws it before
+// it exits; a CRIU that was killed (OOM, a signal, the request's context
+// ending) leaves the cgroup frozen. Pre-copy only starts on a running
+// container and callers hold c.mu, so a frozen cgroup here is the round's.
+func thawAfterFailedRound(ctx context.Context, r *gorunc.Runc, id string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	st, err := r.State(ctx, id)
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Warn("precopy: state after a failed round")
+		return
+	}
+	if st.Status != "paused" {
+		return
+	}
+	if err := r.Resume(ctx, id); err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Error("precopy: a failed round left the container frozen and it could not be thawed")
+		return
+	}
+	log.G(ctx).WithField("id", id).Warn("precopy: thawed the container a failed round left frozen")
 }
 
 func flatten(dir string) error {
@@ -155,13 +180,14 @@ func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.Checkpoin
 		return err
 	}
 	withParent := &taskAPI.CheckpointTaskRequest{ID: r.ID, Path: r.Path, Options: any}
-	start := time.Now()
-	if _, err := s.TTRPCTaskService.Checkpoint(ctx, withParent); err != nil {
+	// Redone one-shot when the container still runs (leave-running): a
+	// checkpoint that exits the container cannot be taken twice.
+	oneShot := func(err error) error {
 		if opts.Exit {
-			return fmt.Errorf("final dump on pre-copied rounds: %w", err)
+			return err
 		}
 		report.FellBack = err.Error()
-		log.G(ctx).WithError(err).WithField("id", r.ID).Warn("precopy: final dump on pre-copied rounds failed; one-shot instead")
+		log.G(ctx).WithError(err).WithField("id", r.ID).Warn("precopy: checkpoint redone one-shot")
 		if err := emptyDir(r.Path); err != nil {
 			return err
 		}
@@ -169,6 +195,10 @@ func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.Checkpoin
 			return err
 		}
 		return report.Write(r.Path)
+	}
+	start := time.Now()
+	if _, err := s.TTRPCTaskService.Checkpoint(ctx, withParent); err != nil {
+		return oneShot(fmt.Errorf("final dump on pre-copied rounds: %w", err))
 	}
 	wall := time.Since(start)
 	final, err := precopy.ReadDumpStats(opts.WorkPath)
@@ -182,9 +212,9 @@ func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.Checkpoin
 	// over the last round's pages instead of copying them, where the page
 	// layout allows.
 	if _, err := imagechain.FlattenConsuming(r.Path); err != nil {
-		// The image still points at rounds about to be discarded: it must
-		// not be handed out as a checkpoint.
-		return fmt.Errorf("flatten final image: %w", err)
+		// The image still points at rounds about to be discarded (and
+		// may need pages the takeover rewrote): it must not be handed out.
+		return oneShot(fmt.Errorf("flatten final image: %w", err))
 	}
 	report.FinalFlatten = time.Since(f)
 	log.G(ctx).WithFields(log.Fields{

@@ -79,6 +79,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	s.mu.Lock()
 	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: settings}
 	s.mu.Unlock()
+	// Probing CRIU takes a few execs of it: do it now, not inside the
+	// first checkpoint's frozen window.
+	go useCRIUConfig()
 	log.G(ctx).WithFields(log.Fields{"id": r.ID, "restore": r.Checkpoint != "", "precopy_mode": settings.Mode}).Debug("precopy: create")
 	return resp, nil
 }
@@ -153,6 +156,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if report == nil {
 		chain, report = s.preCopy(ctx, c, "checkpoint")
 	}
+	report.CRIUOptions = criuOptions
 	if chain == nil {
 		if _, err := s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
 			return nil, err

@@ -34,9 +34,12 @@ var scenarios = map[string][]string{
 	"write-all-256m": {"-mib", "256", "-dirty-mibps", "4096", "-hot", "1"},
 }
 
+var logDir *string
+
 func main() {
 	scenario := flag.String("scenario", "low-dirty-256m", "one of: "+strings.Join(names(), ", "))
 	runs := flag.Int("runs", 3, "checkpoints per configuration")
+	logDir = flag.String("logs", "", "copy CRIU's log of each final dump into this dir")
 	flag.Parse()
 	args, ok := scenarios[*scenario]
 	if !ok || *runs < 1 {
@@ -80,7 +83,7 @@ func run(ctx context.Context, scenario string, args []string, runs int) (retErr 
 	// shims up on a small workload first, unmeasured.
 	for _, runtime := range []string{precopyshim.RuncRuntime, precopyshim.Runtime} {
 		id := "warm-up-" + strings.ReplaceAll(runtime, ".", "-")
-		if _, err := harness.MeasureCheckpoint(ctx, d, id, runtime, "precopy.bench/"+id+":1", []string{"-mib", "16"}); err != nil {
+		if _, err := harness.MeasureCheckpoint(ctx, d, id, runtime, "precopy.bench/"+id+":1", []string{"-mib", "16"}, ""); err != nil {
 			return fmt.Errorf("warm-up on %s: %w", runtime, err)
 		}
 		if err := d.RemoveImage(ctx, "precopy.bench/"+id+":1"); err != nil {
@@ -93,19 +96,15 @@ func run(ctx context.Context, scenario string, args []string, runs int) (retErr 
 		for _, runtime := range []string{precopyshim.RuncRuntime, precopyshim.Runtime} {
 			id := fmt.Sprintf("bench-%d-%s", i, strings.ReplaceAll(runtime, ".", "-"))
 			ref := "precopy.bench/" + id + ":1"
-			m, err := harness.MeasureCheckpoint(ctx, d, id, runtime, ref, args)
+			m, err := harness.MeasureCheckpoint(ctx, d, id, runtime, ref, args, *logDir)
 			if err != nil {
 				return fmt.Errorf("run %d on %s: %w", i, runtime, err)
 			}
 			if err := d.RemoveImage(ctx, ref); err != nil {
 				return err
 			}
-			stop := ""
-			if m.Report != nil && m.Report.Stop != nil {
-				stop = " stop=" + m.Report.Stop.Reason
-			}
 			fmt.Printf("run=%d runtime=%s pause_ms=%.0f final_dump_ms=%.0f checkpoint_ms=%.0f rounds=%d%s\n",
-				i, runtime, ms(m.Pause), ms(m.FinalDump), ms(m.Wall), m.Rounds(), stop)
+				i, runtime, ms(m.Pause), ms(m.FinalDump), ms(m.Wall), m.Rounds(), details(m))
 			if runtime == precopyshim.Runtime {
 				pc = append(pc, m)
 			} else {
@@ -120,6 +119,30 @@ func run(ctx context.Context, scenario string, args []string, runs int) (retErr 
 	fmt.Printf("scenario=%s stock_pause_ms=%.0f precopy_pause_ms=%.0f pause_ratio=%.3f stock_final_dump_ms=%.0f precopy_final_dump_ms=%.0f final_dump_ratio=%.3f rounds=%.0f\n",
 		scenario, sp, pp, pp/sp, sf, pf, pf/sf, median(pc, rounds))
 	return nil
+}
+
+// details says where a run's time went: the final dump's CRIU phases and,
+// for precopy, each round and the policy's decision.
+func details(m harness.Measurement) string {
+	f := m.Final
+	s := fmt.Sprintf(" final=[freezing=%.0f frozen=%.0f memdump=%.0f memwrite=%.0f written=%d skipped_parent=%d]",
+		ms(f.Freezing), ms(f.Frozen), ms(f.MemDump), ms(f.MemWrite), f.PagesWritten, f.PagesSkippedParent)
+	r := m.Report
+	if r == nil {
+		return s
+	}
+	for _, rd := range r.Rounds {
+		s += fmt.Sprintf(" round%d=[pause=%.0f wall=%.0f written=%d skipped_parent=%d]",
+			rd.Index, ms(rd.Pause()), ms(rd.Wall), rd.PagesWritten, rd.PagesSkippedParent)
+	}
+	if r.Stop != nil {
+		s += fmt.Sprintf(" stop=%s predicted_ms=%.0f", r.Stop.Reason, ms(r.Stop.PredictedFreeze))
+	}
+	s += fmt.Sprintf(" final_flatten_ms=%.0f", ms(r.FinalFlatten))
+	if r.FellBack != "" {
+		s += fmt.Sprintf(" fell_back=%q", r.FellBack)
+	}
+	return s
 }
 
 func pause(m harness.Measurement) float64     { return ms(m.Pause) }

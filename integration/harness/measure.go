@@ -25,6 +25,8 @@ type Measurement struct {
 	Pause time.Duration
 	// FinalDump is CRIU's freezing + frozen time of the final dump.
 	FinalDump time.Duration
+	// Final is CRIU's statistics of the final dump.
+	Final precopy.Round
 	// Wall is the checkpoint call (pause to resume).
 	Wall time.Duration
 	// Report is precopy's report, nil for the stock shim.
@@ -47,7 +49,10 @@ func (m Measurement) Rounds() int {
 // Resume: the same client calls), except that CRIU's work dir is kept so
 // its statistics can be read: the stock shim deletes its own. The
 // container is removed afterwards; the checkpoint image stays.
-func MeasureCheckpoint(ctx context.Context, d *Daemon, id, runtime, ref string, args []string) (m Measurement, err error) {
+//
+// With logDir set, CRIU's log of the final dump is copied there as
+// <id>-dump.log, for a look at where its frozen time went.
+func MeasureCheckpoint(ctx context.Context, d *Daemon, id, runtime, ref string, args []string, logDir string) (m Measurement, err error) {
 	m.Runtime = runtime
 	c := d.Client()
 	if _, err := d.Ctr(ctx, append([]string{"run", "-d", "--runtime", runtime, MemloadImage, id, "/" + MemloadBinary}, args...)...); err != nil {
@@ -111,6 +116,12 @@ func MeasureCheckpoint(ctx context.Context, d *Daemon, id, runtime, ref string, 
 		return m, err
 	}
 	m.FinalDump = final.Pause()
+	m.Final = final
+	if logDir != "" {
+		if err := copyFile(filepath.Join(work, "dump.log"), filepath.Join(logDir, id+"-dump.log")); err != nil {
+			return m, err
+		}
+	}
 	if cp, err := ReadCheckpoint(ctx, c, ref); err == nil {
 		m.Report = cp.Report
 	}

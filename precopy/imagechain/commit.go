@@ -26,6 +26,9 @@ type replacement struct {
 	pagemaps []pendingFile // new pagemaps, replacing existing ones
 	obsolete []string      // old pages files, removed after commit
 	done     bool
+	// parentCut is set once a takeover rewrote parent pages that dir
+	// still reads through its parent link (FlattenConsuming's tails).
+	parentCut bool
 }
 
 type pendingFile struct {

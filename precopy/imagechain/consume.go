@@ -14,15 +14,19 @@ import (
 // over and writes dir's own pages into it, so its cost follows the pages
 // dir holds rather than the whole memory.
 //
-// It does so for each pagemap whose flat pages file would be byte for byte
-// the parent's pages file except for dir's own pages: the parent has the
-// pagemap with exactly the same pages (addresses), all PE_PRESENT in the
-// parent itself, in the same order. Then the parent's pages file is hard
-// linked into dir under a new pages_id, dir's PE_PRESENT pages are written
-// over it at their offsets, and the new pagemap lists every page present,
-// in that layout. Any other pagemap (pages added or removed since the
-// parent, a parent that is not flat, a parent on another filesystem or
-// a failing link) is flattened by copying, exactly as Flatten does.
+// A pages file has no index: pages follow each other in pagemap order. So
+// the parent's pages file can be taken over for the part of the flat file
+// that lists the same pages as the parent, at the same offsets: the
+// prefix up to the first page added or removed since the parent. Then the
+// parent's pages file is hard linked into dir under a new pages_id, dir's
+// own (PE_PRESENT) pages in that prefix are written over it at their
+// offsets, and the rest of the flat file, the tail, is assembled in a
+// temporary file first (it reads parent pages the tail overwrites) and
+// written after the prefix. The tail is typically a few pages: a stack
+// that grew, a mapping created at the top. A pagemap whose tail would be
+// larger than its prefix, a parent that is not flat there, a parent on
+// another filesystem or a failing link is flattened by copying, exactly as
+// Flatten does.
 //
 // Contract, beyond Flatten's:
 //
@@ -34,11 +38,12 @@ import (
 //     must not be written to after success. Removing it (unlinking its
 //     files) is what the caller is expected to do, and is safe for dir.
 //   - On error before the commit point (Result.Flattened false), dir is
-//     unchanged and still restorable WITH its parent, as with Flatten: the
-//     only bytes of the parent that may have changed are the pages dir holds
-//     itself (PE_PRESENT), which a restore of dir never reads from the
-//     parent. So the caller may retry with Flatten or FlattenConsuming, or
-//     restore dir through its parent link; it must not use the parent alone.
+//     unchanged. Unless the error is ErrParentConsumed it is still
+//     restorable WITH its parent, as with Flatten: the only bytes of the
+//     parent that changed are the pages dir holds itself (PE_PRESENT),
+//     which a restore of dir never reads from the parent, so the caller may
+//     retry with Flatten. With ErrParentConsumed (a tail was written), the
+//     parent lost pages dir needs: dir must be dumped again.
 //   - Errors from the commit point on are as Flatten's.
 //
 // Like Flatten, it must not run while CRIU reads or writes dir or its parent.
@@ -53,10 +58,15 @@ func FlattenConsuming(dir string) (Result, error) {
 }
 
 // takeover is a flat pages file made from the parent's one (base) by
-// writing patches over it.
+// writing patches over its first cut bytes and the tail after them.
 type takeover struct {
 	base    *os.File
 	patches []patchOp
+	cut     int64
+	// tail is the flat file from offset cut on; tailCopied is how many of
+	// its bytes come from ancestors (the rest are dir's own).
+	tail       copyPlan
+	tailCopied int64
 }
 
 // patchOp copies n bytes at off of src to dstOff of the new pages file.
@@ -77,9 +87,9 @@ func (t *takeover) add(src *os.File, off, dstOff, n int64) {
 	t.patches = append(t.patches, patchOp{src, off, dstOff, n})
 }
 
-// size is the number of bytes the patches write.
+// size is the number of bytes the takeover writes.
 func (t *takeover) size() int64 {
-	var n int64
+	n := t.tail.size()
 	for _, p := range t.patches {
 		n += p.n
 	}
@@ -87,11 +97,12 @@ func (t *takeover) size() int64 {
 }
 
 // planTakeover returns the takeover making pagemap name (decoded as img,
-// whose PE_PRESENT pages are in own) flat, or nil if the flat pages file
-// is not the parent's one with some pages replaced: each page of img, in
-// img's order, must be PE_PRESENT in the parent's pagemap at the offset it
-// has in the flat file, and the parent must hold no other page.
-func planTakeover(name string, img *pagemapImage, own *os.File, c *chain) (*takeover, error) {
+// whose PE_PRESENT pages are in own; plan is its flat pages file as a
+// copy) flat, or nil if taking the parent's pages file over would not
+// beat copying: the flat file must list the parent's pages, each at the
+// offset it has in the parent's pages file, up to a cut that leaves a tail
+// no longer than the prefix.
+func planTakeover(name string, img *pagemapImage, own *os.File, c *chain, plan *copyPlan) (*takeover, error) {
 	if len(c.dirs) == 0 {
 		return nil, nil
 	}
@@ -102,12 +113,13 @@ func planTakeover(name string, img *pagemapImage, own *os.File, c *chain) (*take
 	ps := c.pageSize
 	t := &takeover{}
 	var out, ownOff int64 // offsets in the flat file and in own
+walk:
 	for _, e := range img.entries {
 		vaddr, left := e.vaddr, e.pages
 		for left > 0 {
 			s, ok := a.index.lookup(vaddr, ps)
 			if !ok || s.inParent() || !s.present() || s.off+int64(vaddr-s.vaddr) != out {
-				return nil, nil
+				break walk
 			}
 			n := min(left, (s.end(ps)-vaddr)/ps)
 			bytes := int64(n * ps)
@@ -120,8 +132,16 @@ func planTakeover(name string, img *pagemapImage, own *os.File, c *chain) (*take
 			left -= n
 		}
 	}
-	if out != a.index.presentBytes {
+	t.cut = min(out, a.index.presentBytes)
+	total := plan.size()
+	if t.cut == 0 || total-t.cut > t.cut {
 		return nil, nil
+	}
+	t.tail = plan.from(t.cut)
+	for _, op := range t.tail.ops {
+		if op.src != own {
+			t.tailCopied += op.n
+		}
 	}
 	if t.base, err = a.pagesFile(); err != nil {
 		return nil, err
@@ -130,10 +150,10 @@ func planTakeover(name string, img *pagemapImage, own *os.File, c *chain) (*take
 }
 
 // write makes the new pages file final (a name in r.dir) from t: a hard
-// link to the parent's pages file, patched in place, committed by r. It
-// returns false, having changed nothing, when the link cannot be made or
-// opened for writing (another filesystem, permissions): the caller copies
-// instead.
+// link to the parent's pages file, patched in place, its tail replaced,
+// committed by r. It returns false, having changed nothing, when the link
+// cannot be made or opened for writing (another filesystem, permissions):
+// the caller copies instead.
 func (t *takeover) write(r *replacement, final string) (bool, error) {
 	tmp := filepath.Join(r.dir, tempPrefix+final+".takeover")
 	if err := os.Link(t.base.Name(), tmp); err != nil {
@@ -146,18 +166,51 @@ func (t *takeover) write(r *replacement, final string) (bool, error) {
 	}
 	// Registered before writing, so that discard unlinks it on error.
 	r.addPages(tmp, final)
-	w := &pagesWriter{dst: f}
-	for _, p := range t.patches {
-		if _, err = f.Seek(p.dstOff, io.SeekStart); err != nil {
-			break
-		}
-		if err = w.copy(copyOp{p.src, p.off, p.n}); err != nil {
-			err = fmt.Errorf("patch %d bytes at %d of %s from %d of %s: %w", p.n, p.dstOff, tmp, p.off, p.src.Name(), err)
-			break
-		}
-	}
+	err = t.patch(r, f, tmp)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	return err == nil, err
+}
+
+func (t *takeover) patch(r *replacement, f *os.File, name string) error {
+	// The tail reads parent pages it is about to overwrite: assemble it
+	// aside before touching the file.
+	var tail *os.File
+	if t.tail.size() > 0 {
+		var err error
+		if tail, err = os.CreateTemp(r.dir, tempPrefix+"tail-"); err != nil {
+			return err
+		}
+		defer func() {
+			tail.Close()
+			os.Remove(tail.Name())
+		}()
+		if err := (&pagesWriter{dst: tail}).run(&t.tail); err != nil {
+			return fmt.Errorf("assemble tail of %s: %w", name, err)
+		}
+	}
+	w := &pagesWriter{dst: f}
+	for _, p := range t.patches {
+		if _, err := f.Seek(p.dstOff, io.SeekStart); err != nil {
+			return err
+		}
+		if err := w.copy(copyOp{p.src, p.off, p.n}); err != nil {
+			return fmt.Errorf("patch %d bytes at %d of %s from %d of %s: %w", p.n, p.dstOff, name, p.off, p.src.Name(), err)
+		}
+	}
+	if _, err := f.Seek(t.cut, io.SeekStart); err != nil {
+		return err
+	}
+	if tail != nil {
+		// From here the parent's pages past the cut are gone.
+		r.parentCut = true
+		if err := w.copy(copyOp{tail, 0, t.tail.size()}); err != nil {
+			return fmt.Errorf("write tail of %s at %d: %w", name, t.cut, err)
+		}
+	}
+	if err := f.Truncate(t.cut + t.tail.size()); err != nil {
+		return fmt.Errorf("truncate %s: %w", name, err)
+	}
+	return nil
 }

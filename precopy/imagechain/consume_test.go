@@ -87,20 +87,59 @@ func TestFlattenConsumingSameLayout(t *testing.T) {
 	}
 }
 
-func TestFlattenConsumingLayoutDiffers(t *testing.T) {
-	// pagemap-2 gained a page: copied; the others are taken over.
+func TestFlattenConsumingGrownAtTheEnd(t *testing.T) {
+	// pagemap-2 gained a page after the parent's: taken over, the new page
+	// written as its tail.
 	res := flattenBoth(t, func(t *testing.T, root string) { writeSameLayoutChain(t, root, true) }, "d2")
-	want := Result{Flattened: true, Depth: 1, Pagemaps: 3, PagesKept: 10, PagesCopied: 4, PagesTakenOver: 27}
-	want.BytesCopied = int64(4 * pageSize)
-	want.BytesWritten = int64((9 + 5) * pageSize) // own pages of the takeovers; all of pagemap-2
+	want := Result{Flattened: true, Depth: 1, Pagemaps: 3, PagesKept: 10, PagesTakenOver: 31}
+	want.BytesWritten = int64((9 + 1) * pageSize) // own pages only
 	res.Duration = 0
 	if res != want {
 		t.Errorf("result %+v, want %+v", res, want)
 	}
 }
 
+func TestFlattenConsumingTailReadsOverwrittenPages(t *testing.T) {
+	// A page appeared below the parent's last two (a stack growing down):
+	// the flat file keeps the first 8 pages in place and its tail, the new
+	// page then the parent's last two, overwrites where those two were.
+	build := func(t *testing.T, root string) {
+		writeFakeDir(t, filepath.Join(root, "d1"), "d1", "",
+			fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x100, 8, pe}, {0x200, 2, pe}}})
+		writeFakeDir(t, filepath.Join(root, "d2"), "d2", "../d1",
+			fakePagemap{name: "pagemap-1.img", pagesID: 2, entries: []fakeEntry{
+				{0x100, 1, pe}, {0x101, 7, par}, {0x1ff, 1, pe}, {0x200, 2, par},
+			}})
+	}
+	res := flattenBoth(t, build, "d2")
+	want := Result{Flattened: true, Depth: 1, Pagemaps: 1, PagesKept: 2, PagesTakenOver: 7, PagesCopied: 2,
+		BytesCopied: int64(2 * pageSize), BytesWritten: int64((1 + 3) * pageSize)}
+	res.Duration = 0
+	if res != want {
+		t.Errorf("result %+v, want %+v", res, want)
+	}
+}
+
+func TestFlattenConsumingLayoutDiffersEarly(t *testing.T) {
+	// A page appeared before most of the parent's: the tail would be
+	// larger than the prefix, so it is a copy.
+	build := func(t *testing.T, root string) {
+		writeFakeDir(t, filepath.Join(root, "d1"), "d1", "",
+			fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x100, 2, pe}, {0x200, 8, pe}}})
+		writeFakeDir(t, filepath.Join(root, "d2"), "d2", "../d1",
+			fakePagemap{name: "pagemap-1.img", pagesID: 2, entries: []fakeEntry{
+				{0x100, 2, par}, {0x150, 1, pe}, {0x200, 8, par},
+			}})
+	}
+	res := flattenBoth(t, build, "d2")
+	if res.PagesTakenOver != 0 || res.PagesCopied != 10 {
+		t.Errorf("result %+v, want a copy", res)
+	}
+}
+
 func TestFlattenConsumingRemovedPages(t *testing.T) {
-	// d2 lists fewer pages than d1 (some became zero or were unmapped).
+	// d2 lists fewer pages than d1 (some became zero or were unmapped): the
+	// parent's pages file is taken over and cut short.
 	build := func(t *testing.T, root string) {
 		writeFakeDir(t, filepath.Join(root, "d1"), "d1", "",
 			fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x100, 8, pe}, {0x110, 4, pe}}})
@@ -108,8 +147,8 @@ func TestFlattenConsumingRemovedPages(t *testing.T) {
 			fakePagemap{name: "pagemap-1.img", pagesID: 2, entries: []fakeEntry{{0x100, 2, pe}, {0x102, 6, par}}})
 	}
 	res := flattenBoth(t, build, "d2")
-	if res.PagesTakenOver != 0 || res.PagesCopied != 6 {
-		t.Errorf("result %+v, want a copy", res)
+	if res.PagesTakenOver != 6 || res.PagesCopied != 0 {
+		t.Errorf("result %+v, want a takeover", res)
 	}
 }
 

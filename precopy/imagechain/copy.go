@@ -36,6 +36,20 @@ func (p *copyPlan) add(src *os.File, off, n int64) {
 	p.ops = append(p.ops, copyOp{src, off, n})
 }
 
+// from returns the part of the plan that writes from byte off on.
+func (p *copyPlan) from(off int64) copyPlan {
+	var tail copyPlan
+	var at int64
+	for _, op := range p.ops {
+		if end := at + op.n; end > off {
+			skip := max(off-at, 0)
+			tail.ops = append(tail.ops, copyOp{op.src, op.off + skip, op.n - skip})
+		}
+		at += op.n
+	}
+	return tail
+}
+
 // size is the number of bytes the plan writes.
 func (p *copyPlan) size() int64 {
 	var n int64

@@ -13,4 +13,10 @@ var (
 	// come from a --lazy-pages dump and the pages are only on the dump side's
 	// page server. They cannot be put into a flat image set.
 	ErrLazyPages = errors.New("PE_LAZY pages are not in the images (--lazy-pages dump)")
+
+	// ErrParentConsumed: FlattenConsuming failed after it had rewritten
+	// part of the parent's pages that dir reads through its parent link
+	// (a takeover with a tail, see FlattenConsuming). dir is unchanged but
+	// can no longer be restored: dump it again.
+	ErrParentConsumed = errors.New("the parent's pages were rewritten before the failure")
 )

@@ -58,8 +58,7 @@ func Flatten(dir string) (Result, error) {
 }
 
 // flatten is Flatten, and FlattenConsuming with consume.
-func flatten(dir string, pageSize uint64, consume bool) (Result, error) {
-	var res Result
+func flatten(dir string, pageSize uint64, consume bool) (res Result, retErr error) {
 	names, err := dirNames(dir)
 	if err != nil {
 		return res, err
@@ -81,6 +80,11 @@ func flatten(dir string, pageSize uint64, consume bool) (Result, error) {
 
 	r := &replacement{dir: dir}
 	defer r.discard()
+	defer func() {
+		if r.parentCut && retErr != nil {
+			retErr = fmt.Errorf("%w: %w", ErrParentConsumed, retErr)
+		}
+	}()
 	nextID := unusedPagesID(names)
 	pagemapOf := make(map[uint32]string) // pages_id -> pagemap using it
 	for _, name := range names {
@@ -119,6 +123,7 @@ func flatten(dir string, pageSize uint64, consume bool) (Result, error) {
 	if err != nil && !errors.Is(err, errCleanup) {
 		return res, err
 	}
+	r.parentCut = false // committed: dir no longer reads its parent
 	res.Flattened = true
 	// Last, so that any failure before leaves a restorable chain.
 	if rerr := os.Remove(link); rerr != nil {
@@ -183,7 +188,7 @@ func flattenPagemap(dir, name string, img *pagemapImage, newID uint32, c *chain,
 	res.PagesKept += kept
 	done := false
 	if consume {
-		t, err := planTakeover(name, img, own, c)
+		t, err := planTakeover(name, img, own, c, &plan)
 		if err != nil {
 			return err
 		}
@@ -193,7 +198,10 @@ func flattenPagemap(dir, name string, img *pagemapImage, newID uint32, c *chain,
 			}
 		}
 		if done {
-			res.PagesTakenOver += copied
+			tailCopied := uint64(t.tailCopied) / c.pageSize
+			res.PagesTakenOver += copied - tailCopied
+			res.PagesCopied += tailCopied
+			res.BytesCopied += t.tailCopied
 			res.BytesWritten += t.size()
 		}
 	}
