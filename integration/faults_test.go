@@ -46,7 +46,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// criuPids are the CRIU processes on the machine.
+// criuPids are the CRIU processes on the machine that dump for runc
+// (`criu swrk`), not the shim's `criu check` probes.
 func criuPids() []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")
@@ -55,7 +56,9 @@ func criuPids() []int {
 		if err != nil {
 			continue
 		}
-		if comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm")); err == nil && strings.TrimSpace(string(comm)) == "criu" {
+		comm, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if strings.TrimSpace(string(comm)) == "criu" && strings.Contains(string(cmdline), "swrk") {
 			pids = append(pids, pid)
 		}
 	}
@@ -220,6 +223,11 @@ func TestPreCopyConcurrentCheckpoints(t *testing.T) {
 		ok++
 		report := requireFlatCheckpoint(t, ctx, d, refs[i])
 		t.Logf("checkpoint %s: pre-copied %v, %d rounds, skipped %q", refs[i], report.PreCopied, len(report.Rounds), report.Skipped)
+		// The refused Pause must not have discarded the rounds of the
+		// Pause it found.
+		if ok == 1 && !report.PreCopied {
+			t.Errorf("checkpoint %s lost its rounds to the concurrent one: %+v", refs[i], report)
+		}
 	}
 	if ok == 0 {
 		t.Error("neither checkpoint succeeded")

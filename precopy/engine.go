@@ -65,6 +65,9 @@ type Policy interface {
 type StatsReader func(workDir string) (Round, error)
 
 // Flattener makes an image dir stand alone, resolving its parent chain.
+// The engine removes the parent right after a successful flatten and
+// gives up the chain after a failed one, so a Flattener may consume the
+// parent (imagechain.FlattenConsuming).
 type Flattener func(dir string) error
 
 // Engine runs pre-copy rounds for one checkpoint.

@@ -118,7 +118,17 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 		thawAfterFailedRound(ctx, r, c.id)
 		return skip(err.Error())
 	}
-	report.PreCopied, report.Rounds, report.Stop, report.PreCopy = true, chain.Rounds, &chain.Stop, chain.Duration
+	report.Rounds, report.Stop, report.PreCopy = chain.Rounds, &chain.Stop, chain.Duration
+	if chain.Stop.Reason == string(policy.ReasonCannotConverge) {
+		// The load rewrites about everything a round copies: a final dump
+		// on the rounds would write nearly all memory again and then pay
+		// for merging it. A one-shot dump is as short and merges nothing.
+		if err := chain.Discard(); err != nil {
+			log.G(ctx).WithError(err).WithField("id", c.id).Warn("precopy: discard rounds")
+		}
+		return skip(fmt.Sprintf("policy: %s after %d rounds", chain.Stop.Reason, len(chain.Rounds)))
+	}
+	report.PreCopied = true
 	log.G(ctx).WithFields(log.Fields{
 		"id": c.id, "rounds": len(chain.Rounds), "stop": chain.Stop.Reason,
 		"predicted_freeze": chain.Stop.PredictedFreeze, "took": chain.Duration,
@@ -149,8 +159,13 @@ func thawAfterFailedRound(ctx context.Context, r *gorunc.Runc, id string) {
 	log.G(ctx).WithField("id", id).Warn("precopy: thawed the container a failed round left frozen")
 }
 
+// flatten makes a round stand alone. The engine removes the round before
+// it right after, so the flatten may take that round's pages over instead
+// of copying them: its cost follows the pages the round wrote, not the
+// container's memory, and the rounds follow each other sooner (less is
+// dirtied before the final dump).
 func flatten(dir string) error {
-	_, err := imagechain.Flatten(dir)
+	_, err := imagechain.FlattenConsuming(dir)
 	return err
 }
 

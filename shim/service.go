@@ -110,12 +110,17 @@ func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.E
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.report == nil {
+	// A Pause that finds rounds pending (another client's Pause, waiting
+	// for its Checkpoint) leaves them to that client.
+	fresh := c.report == nil
+	if fresh {
 		c.chain, c.report = s.preCopy(ctx, c, "pause")
 	}
 	resp, err := s.TTRPCTaskService.Pause(ctx, r)
 	if err != nil {
-		c.dropChain(ctx, "pause failed")
+		if fresh {
+			c.dropChain(ctx, "pause failed")
+		}
 		return nil, err
 	}
 	if c.chain != nil && c.discard == nil {
