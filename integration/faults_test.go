@@ -12,6 +12,7 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 
 	"github.com/precopy/precopy/integration/harness"
@@ -278,7 +279,7 @@ func TestBadAnnotations(t *testing.T) {
 		{policy.AnnotationPrefix + "max-round", "3", "did you mean " + policy.AnnotationMaxRounds},
 	} {
 		id := "bad-annotation-" + strings.ReplaceAll(tc.key, ".", "-")
-		_, err := newMemloadTask(t, d, id, precopyshim.Runtime, map[string]string{tc.key: tc.value})
+		_, err := newMemloadTask(t, d, id, precopyshim.Runtime, []oci.SpecOpts{oci.WithAnnotations(map[string]string{tc.key: tc.value})})
 		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), tc.key) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s=%q: got %v, want an invalid-argument error naming the key and %q", tc.key, tc.value, err, tc.want)
 		}

@@ -48,7 +48,7 @@ func runMemloadWith(t *testing.T, d *harness.Daemon, id, runtime string, args ..
 // container (precopy's io.precopy.* settings).
 func runMemloadAnnotated(t *testing.T, d *harness.Daemon, id, runtime string, annotations map[string]string, args ...string) containerd.Task {
 	t.Helper()
-	task, err := newMemloadTask(t, d, id, runtime, annotations, args...)
+	task, err := newMemloadTask(t, d, id, runtime, []oci.SpecOpts{oci.WithAnnotations(annotations)}, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,9 +59,10 @@ func runMemloadAnnotated(t *testing.T, d *harness.Daemon, id, runtime string, an
 	return task
 }
 
-// newMemloadTask creates (not starts) the workload's container and task;
-// the container is removed when t ends. Its error is the task's creation's.
-func newMemloadTask(t *testing.T, d *harness.Daemon, id, runtime string, annotations map[string]string, args ...string) (containerd.Task, error) {
+// newMemloadTask creates (not starts) the workload's container, its spec
+// changed by specOpts, and its task; the container is removed when t ends.
+// Its error is the task's creation's.
+func newMemloadTask(t *testing.T, d *harness.Daemon, id, runtime string, specOpts []oci.SpecOpts, args ...string) (containerd.Task, error) {
 	t.Helper()
 	ctx := testContext(t, d)
 	c := d.Client()
@@ -71,8 +72,8 @@ func newMemloadTask(t *testing.T, d *harness.Daemon, id, runtime string, annotat
 	}
 	ctr, err := c.NewContainer(ctx, id,
 		containerd.WithNewSnapshot(id, image),
-		containerd.WithNewSpec(oci.WithImageConfig(image), oci.WithAnnotations(annotations),
-			oci.WithProcessArgs(append([]string{"/" + harness.MemloadBinary}, args...)...)),
+		containerd.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(image),
+			oci.WithProcessArgs(append([]string{"/" + harness.MemloadBinary}, args...)...)}, specOpts...)...),
 		containerd.WithRuntime(runtime, nil))
 	if err != nil {
 		t.Fatalf("create container %s on %s: %v", id, runtime, err)

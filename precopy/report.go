@@ -38,6 +38,25 @@ type Report struct {
 	FinalFlatten time.Duration `json:"final_flatten_ns,omitempty"`
 	// FellBack says why a pre-copy checkpoint was redone one-shot.
 	FellBack string `json:"fell_back,omitempty"`
+	// Thaw is when the container ran again: right after the final dump, or
+	// at the client's Resume, and why.
+	Thaw *Thaw `json:"thaw,omitempty"`
+}
+
+// Thaw is the end of a checkpoint's frozen window.
+type Thaw struct {
+	// Early is true when the shim thawed the container right after the
+	// final dump, before the daemon stored the image; Reason says why it
+	// did or did not.
+	Early  bool   `json:"early"`
+	Reason string `json:"reason"`
+	// FrozenAt is when the Pause before the checkpoint had frozen the
+	// container, ThawedAt when the early thaw ran it again (without an
+	// early thaw the client's Resume ends the window, after this report).
+	FrozenAt time.Time `json:"frozen_at,omitzero"`
+	ThawedAt time.Time `json:"thawed_at,omitzero"`
+	// AfterThaw is what the shim did once the container ran again.
+	AfterThaw []string `json:"after_thaw,omitempty"`
 }
 
 // Write writes the report into image dir dir.

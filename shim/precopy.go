@@ -18,6 +18,7 @@ import (
 	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/precopy/precopy/precopy"
 	"github.com/precopy/precopy/precopy/imagechain"
@@ -44,6 +45,15 @@ type container struct {
 	chain   *precopy.Chain
 	report  *precopy.Report
 	discard *time.Timer
+
+	// readonlyRootfs: the OCI spec's root.readonly, which makes an early
+	// thaw safe (no rw-layer change can follow the dump).
+	readonlyRootfs bool
+	// pausedAt is when a Pause of the running container returned; zero
+	// once a Resume or Checkpoint followed. thawedEarly: a Checkpoint
+	// thawed it, so the client's Resume has nothing left to do.
+	pausedAt    time.Time
+	thawedEarly bool
 }
 
 // takeChain hands over the pending rounds and the report of the Pause
@@ -172,13 +182,9 @@ func flatten(dir string) error {
 // checkpointWithParent does the final dump of r on top of chain's last
 // round, flattens the image and writes the report. If the dump with a
 // parent fails while the container still runs, it is redone one-shot.
-func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.CheckpointTaskRequest, chain *precopy.Chain, report *precopy.Report) error {
-	var opts options.CheckpointOptions
-	if r.Options != nil {
-		if err := typeurl.UnmarshalTo(r.Options, &opts); err != nil {
-			return fmt.Errorf("checkpoint options: %w", err)
-		}
-	}
+// afterDump runs as soon as a dump the image will hold is written.
+func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.CheckpointTaskRequest, req *options.CheckpointOptions, chain *precopy.Chain, report *precopy.Report, afterDump func()) error {
+	opts := proto.Clone(req).(*options.CheckpointOptions)
 	// runc wants the parent relative to the image path.
 	parent, err := filepath.Rel(r.Path, chain.LastImage())
 	if err != nil {
@@ -190,7 +196,7 @@ func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.Checkpoin
 	if opts.WorkPath == "" {
 		opts.WorkPath = filepath.Join(chain.Dir, "final-work")
 	}
-	any, err := typeurl.MarshalAnyToProto(&opts)
+	any, err := typeurl.MarshalAnyToProto(opts)
 	if err != nil {
 		return err
 	}
@@ -209,6 +215,7 @@ func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.Checkpoin
 		if _, err := s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
 			return err
 		}
+		afterDump()
 		return report.Write(r.Path)
 	}
 	start := time.Now()
@@ -216,6 +223,10 @@ func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.Checkpoin
 		return oneShot(fmt.Errorf("final dump on pre-copied rounds: %w", err))
 	}
 	wall := time.Since(start)
+	afterDump()
+	if report.Thaw != nil && report.Thaw.Early {
+		report.Thaw.AfterThaw = append(report.Thaw.AfterThaw, "merge of the final dump with the last round", "report")
+	}
 	final, err := precopy.ReadDumpStats(opts.WorkPath)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("precopy: final dump statistics")

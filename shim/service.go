@@ -23,11 +23,13 @@ import (
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/runc/options"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
 )
 
 // Service wraps containerd's runc-v2 task service.
@@ -64,7 +66,7 @@ func (s *Service) container(id string) *container {
 // The container's pre-copy settings come from its OCI annotations; a bad
 // one fails the create, so it is never silently ignored.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
-	settings, err := s.settingsOf(r.Bundle)
+	settings, readonlyRootfs, err := s.settingsOf(r.Bundle)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
 	}
@@ -77,7 +79,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return nil, err
 	}
 	s.mu.Lock()
-	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: settings}
+	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: settings, readonlyRootfs: readonlyRootfs}
 	s.mu.Unlock()
 	// Probing CRIU takes a few execs of it: do it now, not inside the
 	// first checkpoint's frozen window.
@@ -86,18 +88,24 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	return resp, nil
 }
 
-func (s *Service) settingsOf(bundle string) (Settings, error) {
+// settingsOf reads the container's settings and whether its rootfs is
+// read-only from the bundle's OCI spec.
+func (s *Service) settingsOf(bundle string) (Settings, bool, error) {
 	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
-		return Settings{}, err
+		return Settings{}, false, err
 	}
 	var spec struct {
 		Annotations map[string]string `json:"annotations"`
+		Root        *struct {
+			Readonly bool `json:"readonly"`
+		} `json:"root"`
 	}
 	if err := json.Unmarshal(b, &spec); err != nil {
-		return Settings{}, fmt.Errorf("read OCI spec: %w", err)
+		return Settings{}, false, fmt.Errorf("read OCI spec: %w", err)
 	}
-	return s.defaults.With(spec.Annotations)
+	settings, err := s.defaults.With(spec.Annotations)
+	return settings, spec.Root != nil && spec.Root.Readonly, err
 }
 
 // Pause pre-copies the container's memory while it runs, then freezes it.
@@ -123,6 +131,7 @@ func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.E
 		}
 		return nil, err
 	}
+	c.pausedAt, c.thawedEarly = time.Now(), false
 	if c.chain != nil && c.discard == nil {
 		c.discard = time.AfterFunc(discardAfter, func() {
 			c.mu.Lock()
@@ -138,6 +147,14 @@ func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes
 	if c := s.container(r.ID); c != nil {
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		c.pausedAt = time.Time{}
+		if c.thawedEarly {
+			// The checkpoint already thawed it (and published
+			// TaskResumed): the client's Resume that ends its checkpoint
+			// succeeds without doing it twice.
+			c.thawedEarly = false
+			return &ptypes.Empty{}, nil
+		}
 		c.dropChain(ctx, "resumed without a checkpoint")
 	}
 	return s.TTRPCTaskService.Resume(ctx, r)
@@ -157,15 +174,32 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	defer c.mu.Unlock()
 	// What the Pause before decided stands; without one (a client that
 	// checkpoints a running task), decide now.
+	var opts options.CheckpointOptions
+	if r.Options != nil {
+		if err := typeurl.UnmarshalTo(r.Options, &opts); err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint %s: options: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
+		}
+	}
 	chain, report := c.takeChain()
 	if report == nil {
 		chain, report = s.preCopy(ctx, c, "checkpoint")
 	}
 	report.CRIUOptions = criuOptions
+	thaw, t := c.earlyThaw(&opts)
+	report.Thaw = t
+	c.pausedAt = time.Time{}
+	// afterDump runs once a dump the image can use is written: from then
+	// on the image does not change with the container.
+	afterDump := func() {
+		if thaw {
+			s.thawEarly(ctx, c, t)
+		}
+	}
 	if chain == nil {
 		if _, err := s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
 			return nil, err
 		}
+		afterDump()
 		if err := report.Write(r.Path); err != nil {
 			return nil, errgrpc.ToGRPC(err)
 		}
@@ -176,7 +210,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 			log.G(ctx).WithError(err).Warn("precopy: discard rounds")
 		}
 	}()
-	if err := s.checkpointWithParent(ctx, r, chain, report); err != nil {
+	if err := s.checkpointWithParent(ctx, r, &opts, chain, report, afterDump); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint %s: %w", r.ID, err))
 	}
 	return &ptypes.Empty{}, nil

@@ -21,6 +21,7 @@ const (
 	AnnotationMemoryBudget   = AnnotationPrefix + "memory-budget"   // Config.MemoryBudget, bytes
 	AnnotationMinSize        = AnnotationPrefix + "min-size"        // Config.MinSize, bytes
 	AnnotationMode           = AnnotationPrefix + "mode"            // Config.Mode
+	AnnotationEarlyThaw      = AnnotationPrefix + "early-thaw"      // Config.EarlyThaw
 )
 
 // ErrUnknownAnnotation is wrapped by the error for an io.precopy.* key
@@ -90,6 +91,13 @@ var settings = map[string]setting{
 	AnnotationMinSize: {"a byte size like 64MiB, or 0", func(c *Config, v string) (err error) {
 		c.MinSize, err = ParseBytes(v)
 		return err
+	}},
+	AnnotationEarlyThaw: {`"auto", "never" or "force"`, func(c *Config, v string) (err error) {
+		c.EarlyThaw, err = ParseEarlyThaw(v)
+		if err != nil {
+			return errSilent
+		}
+		return nil
 	}},
 	AnnotationMode: {`"always", "never" or "annotated"`, func(c *Config, v string) (err error) {
 		c.Mode, err = ParseMode(v)

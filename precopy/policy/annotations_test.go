@@ -16,6 +16,7 @@ func TestFromAnnotationsApplies(t *testing.T) {
 		AnnotationMemoryBudget:   "512MiB",
 		AnnotationMinSize:        "0",
 		AnnotationMode:           "never",
+		AnnotationEarlyThaw:      "force",
 		// Not ours: ignored, whatever they hold.
 		"io.kubernetes.cri.container-type": "container",
 		"io.precopyx.max-rounds":           "abc",
@@ -31,6 +32,7 @@ func TestFromAnnotationsApplies(t *testing.T) {
 	want.MemoryBudget = 512 << 20
 	want.MinSize = 0
 	want.Mode = ModeNever
+	want.EarlyThaw = EarlyThawForce
 	if got != want {
 		t.Errorf("FromAnnotations =\n %+v\nwant\n %+v", got, want)
 	}
@@ -65,6 +67,7 @@ func TestFromAnnotationsRejects(t *testing.T) {
 		{AnnotationMinSize, "-1MiB", `io.precopy.min-size: "-1MiB" is not a byte size like 64MiB, or 0: negative`},
 		{AnnotationMode, "sometimes", `io.precopy.mode: "sometimes" is not "always", "never" or "annotated"`},
 		{AnnotationMode, "Always", `io.precopy.mode: "Always" is not "always", "never" or "annotated"`},
+		{AnnotationEarlyThaw, "yes", `io.precopy.early-thaw: "yes" is not "auto", "never" or "force"`},
 	} {
 		base := DefaultConfig()
 		got, err := FromAnnotations(base, map[string]string{tc.key: tc.value, "other": "x"})
@@ -87,7 +90,7 @@ func TestFromAnnotationsRejectsUnknownKeys(t *testing.T) {
 	if !errors.Is(err, ErrUnknownAnnotation) {
 		t.Fatalf("error %v, want ErrUnknownAnnotation", err)
 	}
-	for _, want := range []string{"io.precopy.max-round: unknown annotation", "did you mean io.precopy.max-rounds?", "known: io.precopy.max-rounds, io.precopy.memory-budget"} {
+	for _, want := range []string{"io.precopy.max-round: unknown annotation", "did you mean io.precopy.max-rounds?", "known: io.precopy.early-thaw, io.precopy.max-rounds, io.precopy.memory-budget"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}

@@ -43,6 +43,10 @@ type Config struct {
 	// Mode is the container's io.precopy.mode, if it has one. The policy
 	// does not read it; the shim decides with it whether to pre-copy.
 	Mode Mode
+	// EarlyThaw is the container's io.precopy.early-thaw, if it has one.
+	// The policy does not read it either: the shim decides with it whether
+	// to thaw the container as soon as the final dump is written.
+	EarlyThaw EarlyThaw
 }
 
 // DefaultConfig is the policy without per-container settings. The numbers
@@ -106,6 +110,11 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	if c.EarlyThaw != "" {
+		if _, err := ParseEarlyThaw(string(c.EarlyThaw)); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -128,4 +137,33 @@ func ParseMode(s string) (Mode, error) {
 		return m, nil
 	}
 	return "", fmt.Errorf("mode %q: %w", s, errBadMode)
+}
+
+// EarlyThaw says when the shim may thaw a container right after the
+// final dump of a checkpoint, before the daemon has stored the image and
+// diffed the container's writable layer.
+type EarlyThaw string
+
+// The values of io.precopy.early-thaw.
+const (
+	// EarlyThawAuto thaws early only when the writable layer the daemon
+	// diffs cannot disagree with the memory image (a read-only rootfs).
+	EarlyThawAuto EarlyThaw = "auto"
+	// EarlyThawNever keeps the container frozen until the client resumes
+	// it, as stock runc-v2 does.
+	EarlyThawNever EarlyThaw = "never"
+	// EarlyThawForce thaws early whatever the rootfs: the container's
+	// owner accepts that files it writes between the final dump and the
+	// daemon's diff of its writable layer may land in the checkpoint
+	// (newer than its memory image).
+	EarlyThawForce EarlyThaw = "force"
+)
+
+// ParseEarlyThaw checks s is an early-thaw value.
+func ParseEarlyThaw(s string) (EarlyThaw, error) {
+	switch e := EarlyThaw(s); e {
+	case EarlyThawAuto, EarlyThawNever, EarlyThawForce:
+		return e, nil
+	}
+	return "", fmt.Errorf(`early thaw %q: not "auto", "never" or "force"`, s)
 }
