@@ -178,4 +178,3 @@ func containsPrefix(list []string, prefix string) bool {
 	}
 	return false
 }
-
