@@ -22,16 +22,29 @@ import (
 	"time"
 
 	"github.com/precopy/precopy/integration/harness"
+	"github.com/precopy/precopy/precopy/policy"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
-// scenarios are the workloads the bench knows: memory, rewrite rate, hot
-// fraction (the memload flags).
-var scenarios = map[string][]string{
-	"low-dirty-256m": {"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"},
-	"low-dirty-1g":   {"-mib", "1024", "-dirty-mibps", "16", "-hot", "0.1"},
+// scenario is a workload (the memload flags) and the annotations
+// precopy's container gets (the stock one gets none).
+type scenario struct {
+	args        []string
+	annotations map[string]string
+}
+
+// scenarios are the workloads the bench knows.
+var scenarios = map[string]scenario{
+	"low-dirty-256m": {args: []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"}},
+	"low-dirty-1g":   {args: []string{"-mib", "1024", "-dirty-mibps", "16", "-hot", "0.1"}},
 	// Rewrites all of its memory faster than CRIU dumps it.
-	"write-all-256m": {"-mib", "256", "-dirty-mibps", "4096", "-hot", "1"},
+	"write-all-256m": {args: []string{"-mib", "256", "-dirty-mibps", "4096", "-hot", "1"}},
+	// precopy thaws the container right after its final dump (opted in:
+	// the workload's rootfs is writable).
+	"low-dirty-256m-early-thaw": {
+		args:        []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"},
+		annotations: map[string]string{policy.AnnotationEarlyThaw: string(policy.EarlyThawForce)},
+	},
 }
 
 var logDir *string
@@ -41,14 +54,14 @@ func main() {
 	runs := flag.Int("runs", 3, "checkpoints per configuration")
 	logDir = flag.String("logs", "", "copy CRIU's log of each final dump into this dir")
 	flag.Parse()
-	args, ok := scenarios[*scenario]
+	sc, ok := scenarios[*scenario]
 	if !ok || *runs < 1 {
 		fmt.Fprintf(os.Stderr, "bench: unknown scenario %q (have %s) or runs < 1\n", *scenario, strings.Join(names(), ", "))
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *scenario, args, *runs); err != nil {
+	if err := run(ctx, *scenario, sc, *runs); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -63,7 +76,7 @@ func names() []string {
 	return n
 }
 
-func run(ctx context.Context, scenario string, args []string, runs int) (retErr error) {
+func run(ctx context.Context, name string, sc scenario, runs int) (retErr error) {
 	if ok, why := harness.SoftDirty(ctx); !ok {
 		return fmt.Errorf("%s (make bench runs in the soft-dirty VM)", why)
 	}
@@ -75,15 +88,16 @@ func run(ctx context.Context, scenario string, args []string, runs int) (retErr 
 	d := env.Daemon
 	ctx = d.Context(ctx)
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	fmt.Printf("bench %s: memload %s; kernel %s; %d runs per configuration, alternating; %s\n",
-		scenario, strings.Join(args, " "), strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))
+	fmt.Printf("bench %s: memload %s; precopy annotations %v; kernel %s; %d runs per configuration, alternating; %s\n",
+		name, strings.Join(sc.args, " "), sc.annotations, strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))
 
 	// The first dump after boot pays kernel-module autoload (conntrack
 	// netlink, x_tables, nf_tables) and CRIU's kerndat probe: warm both
 	// shims up on a small workload first, unmeasured.
 	for _, runtime := range []string{precopyshim.RuncRuntime, precopyshim.Runtime} {
 		id := "warm-up-" + strings.ReplaceAll(runtime, ".", "-")
-		if _, err := harness.MeasureCheckpoint(ctx, d, id, runtime, "precopy.bench/"+id+":1", []string{"-mib", "16"}, ""); err != nil {
+		warm := harness.CheckpointRun{ID: id, Runtime: runtime, Ref: "precopy.bench/" + id + ":1", Args: []string{"-mib", "16"}}
+		if _, err := harness.MeasureCheckpoint(ctx, d, warm); err != nil {
 			return fmt.Errorf("warm-up on %s: %w", runtime, err)
 		}
 		if err := d.RemoveImage(ctx, "precopy.bench/"+id+":1"); err != nil {
@@ -96,7 +110,11 @@ func run(ctx context.Context, scenario string, args []string, runs int) (retErr 
 		for _, runtime := range []string{precopyshim.RuncRuntime, precopyshim.Runtime} {
 			id := fmt.Sprintf("bench-%d-%s", i, strings.ReplaceAll(runtime, ".", "-"))
 			ref := "precopy.bench/" + id + ":1"
-			m, err := harness.MeasureCheckpoint(ctx, d, id, runtime, ref, args, *logDir)
+			cr := harness.CheckpointRun{ID: id, Runtime: runtime, Ref: ref, Args: sc.args, LogDir: *logDir}
+			if runtime == precopyshim.Runtime {
+				cr.Annotations = sc.annotations
+			}
+			m, err := harness.MeasureCheckpoint(ctx, d, cr)
 			if err != nil {
 				return fmt.Errorf("run %d on %s: %w", i, runtime, err)
 			}
@@ -117,7 +135,7 @@ func run(ctx context.Context, scenario string, args []string, runs int) (retErr 
 	fmt.Printf("spread: stock pause %s, precopy pause %s, stock final dump %s, precopy final dump %s (min-max ms)\n",
 		spread(stock, pause), spread(pc, pause), spread(stock, finalDump), spread(pc, finalDump))
 	fmt.Printf("scenario=%s stock_pause_ms=%.0f precopy_pause_ms=%.0f pause_ratio=%.3f stock_final_dump_ms=%.0f precopy_final_dump_ms=%.0f final_dump_ratio=%.3f rounds=%.0f\n",
-		scenario, sp, pp, pp/sp, sf, pf, pf/sf, median(pc, rounds))
+		name, sp, pp, pp/sp, sf, pf, pf/sf, median(pc, rounds))
 	return nil
 }
 

@@ -98,7 +98,7 @@ func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
 // checkpoint runs the workload in container id on runtime, checkpoints it
 // as precopy.demo/<id>:1, and returns what was measured.
 func (x demo) checkpoint(ctx context.Context, id, runtime string) (harness.Measurement, error) {
-	m, err := harness.MeasureCheckpoint(ctx, x.d, id, runtime, "precopy.demo/"+id+":1", x.args, "")
+	m, err := harness.MeasureCheckpoint(ctx, x.d, harness.CheckpointRun{ID: id, Runtime: runtime, Ref: "precopy.demo/" + id + ":1", Args: x.args})
 	if err != nil {
 		return m, err
 	}

@@ -3,6 +3,8 @@ package harness
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"os"
 	"path/filepath"
 	"time"
@@ -43,19 +45,35 @@ func (m Measurement) Rounds() int {
 	return len(m.Report.Rounds)
 }
 
-// MeasureCheckpoint runs the workload with args in container id on
-// runtime, lets it settle, and checkpoints it into image ref as
-// `ctr c checkpoint --task --rw` does (Pause, Checkpoint with the rw layer,
-// Resume: the same client calls), except that CRIU's work dir is kept so
-// its statistics can be read: the stock shim deletes its own. The
-// container is removed afterwards; the checkpoint image stays.
-//
-// With logDir set, CRIU's log of the final dump is copied there as
-// <id>-dump.log, for a look at where its frozen time went.
-func MeasureCheckpoint(ctx context.Context, d *Daemon, id, runtime, ref string, args []string, logDir string) (m Measurement, err error) {
+// CheckpointRun is one checkpoint MeasureCheckpoint makes.
+type CheckpointRun struct {
+	// ID is the container's, Runtime its runtime, Ref the checkpoint
+	// image's name.
+	ID, Runtime, Ref string
+	// Args are the workload's arguments; Annotations go on the container.
+	Args        []string
+	Annotations map[string]string
+	// LogDir, if set, gets a copy of CRIU's log of the final dump, as
+	// <ID>-dump.log, for a look at where its frozen time went.
+	LogDir string
+}
+
+// MeasureCheckpoint runs the workload as run says, lets it settle, and
+// checkpoints it as `ctr c checkpoint --task --rw` does (Pause, Checkpoint
+// with the rw layer, Resume: the same client calls), except that CRIU's
+// work dir is kept so its statistics can be read: the stock shim deletes
+// its own. The container is removed afterwards; the checkpoint image
+// stays.
+func MeasureCheckpoint(ctx context.Context, d *Daemon, run CheckpointRun) (m Measurement, err error) {
+	id, runtime, ref := run.ID, run.Runtime, run.Ref
 	m.Runtime = runtime
 	c := d.Client()
-	if _, err := d.Ctr(ctx, append([]string{"run", "-d", "--runtime", runtime, MemloadImage, id, "/" + MemloadBinary}, args...)...); err != nil {
+	ctrArgs := []string{"run", "-d", "--runtime", runtime}
+	for _, k := range slices.Sorted(maps.Keys(run.Annotations)) {
+		ctrArgs = append(ctrArgs, "--annotation", k+"="+run.Annotations[k])
+	}
+	ctrArgs = append(ctrArgs, MemloadImage, id, "/"+MemloadBinary)
+	if _, err := d.Ctr(ctx, append(ctrArgs, run.Args...)...); err != nil {
 		return m, err
 	}
 	defer func() {
@@ -117,8 +135,8 @@ func MeasureCheckpoint(ctx context.Context, d *Daemon, id, runtime, ref string, 
 	}
 	m.FinalDump = final.Pause()
 	m.Final = final
-	if logDir != "" {
-		if err := copyFile(filepath.Join(work, "dump.log"), filepath.Join(logDir, id+"-dump.log")); err != nil {
+	if run.LogDir != "" {
+		if err := copyFile(filepath.Join(work, "dump.log"), filepath.Join(run.LogDir, id+"-dump.log")); err != nil {
 			return m, err
 		}
 	}
