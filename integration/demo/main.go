@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/precopy/precopy/integration/harness"
+	"github.com/precopy/precopy/precopy/policy"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
@@ -72,6 +73,16 @@ func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
 	if err := x.showReport(ctx, "precopy.demo/precopy:1"); err != nil {
 		return err
 	}
+	fmt.Printf("\n2b. precopy with early thaw (annotation %s=%s: the container runs again once the final dump is written)\n",
+		policy.AnnotationEarlyThaw, policy.EarlyThawForce)
+	thawed, err := x.checkpointAnnotated(ctx, "precopy-thaw", precopyshim.Runtime,
+		map[string]string{policy.AnnotationEarlyThaw: string(policy.EarlyThawForce)})
+	if err != nil {
+		return err
+	}
+	if err := x.showReport(ctx, "precopy.demo/precopy-thaw:1"); err != nil {
+		return err
+	}
 
 	fmt.Printf("\n3. restore of the precopy checkpoint\n")
 	if err := x.step(ctx, "ctr c restore --live --rw", "containers", "restore", "--live", "--rw", "precopy-restored", "precopy.demo/precopy:1"); err != nil {
@@ -89,8 +100,9 @@ func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
 	if !restored.StartedAt.Equal(before.StartedAt) || restored.Counter <= before.Counter {
 		return errors.New("restored workload is not the checkpointed process image")
 	}
-	fmt.Printf("\nresult: pause the workload perceived: one-shot %.0f ms, precopy %.0f ms (%.2f×); CRIU's final dump: %.0f ms vs %.0f ms (%.2f×); %d rounds; restore verified\n",
+	fmt.Printf("\nresult: pause the workload perceived: one-shot %.0f ms, precopy %.0f ms (%.2f×), precopy with early thaw %.0f ms (%.2f×); CRIU's final dump: %.0f ms vs %.0f ms (%.2f×); %d rounds; restore verified\n",
 		ms(stock.Pause), ms(pc.Pause), float64(pc.Pause)/float64(stock.Pause),
+		ms(thawed.Pause), float64(thawed.Pause)/float64(stock.Pause),
 		ms(stock.FinalDump), ms(pc.FinalDump), float64(pc.FinalDump)/float64(stock.FinalDump), pc.Rounds())
 	return nil
 }
@@ -98,7 +110,12 @@ func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
 // checkpoint runs the workload in container id on runtime, checkpoints it
 // as precopy.demo/<id>:1, and returns what was measured.
 func (x demo) checkpoint(ctx context.Context, id, runtime string) (harness.Measurement, error) {
-	m, err := harness.MeasureCheckpoint(ctx, x.d, harness.CheckpointRun{ID: id, Runtime: runtime, Ref: "precopy.demo/" + id + ":1", Args: x.args})
+	return x.checkpointAnnotated(ctx, id, runtime, nil)
+}
+
+// checkpointAnnotated is checkpoint with annotations on the container.
+func (x demo) checkpointAnnotated(ctx context.Context, id, runtime string, annotations map[string]string) (harness.Measurement, error) {
+	m, err := harness.MeasureCheckpoint(ctx, x.d, harness.CheckpointRun{ID: id, Runtime: runtime, Ref: "precopy.demo/" + id + ":1", Args: x.args, Annotations: annotations})
 	if err != nil {
 		return m, err
 	}
@@ -113,6 +130,13 @@ func (x demo) showReport(ctx context.Context, ref string) error {
 	report, err := harness.CheckpointReport(ctx, x.d.Client(), ref)
 	if err != nil {
 		return err
+	}
+	if t := report.Thaw; t != nil {
+		if t.Early {
+			fmt.Printf("   thawed %.0f ms after the pause, right after the final dump (%s)\n", ms(t.ThawedAt.Sub(t.FrozenAt)), t.Reason)
+		} else {
+			fmt.Printf("   frozen until the client's resume: %s\n", t.Reason)
+		}
 	}
 	if !report.PreCopied {
 		fmt.Printf("   one-shot: %s\n", report.Skipped)
