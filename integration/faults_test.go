@@ -132,8 +132,9 @@ func TestPreCopyCRIUKilledMidRound(t *testing.T) {
 }
 
 // TestPreCopyResumeDuringRounds resumes a container whose Pause is still
-// pre-copying: the Resume waits for the Pause (calls on one container are
-// serialised), then thaws it and discards the rounds.
+// pre-copying: the Resume ends the rounds after the one in progress, waits
+// for the Pause (calls on one container are serialised), then thaws the
+// container and discards the rounds.
 func TestPreCopyResumeDuringRounds(t *testing.T) {
 	requireSoftDirty(t)
 	d := stack.daemon

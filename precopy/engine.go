@@ -78,7 +78,14 @@ type Engine struct {
 	Flatten Flattener
 	// Dir holds the rounds; it should be on tmpfs. The engine creates it.
 	Dir string
+	// Interrupt, when closed, ends pre-copy after the round in progress
+	// (a Resume that overtook the Pause pre-copying): the rounds so far
+	// are kept, with the stop reason "interrupted". Nil: never.
+	Interrupt <-chan struct{}
 }
+
+// ReasonInterrupted is the stop reason of rounds ended by Interrupt.
+const ReasonInterrupted = "interrupted"
 
 // Chain is the outcome of pre-copy: the rounds, each flattened, and why
 // they stopped. The last round is the parent of the final dump.
@@ -125,6 +132,11 @@ func (e *Engine) Run(ctx context.Context) (_ *Chain, retErr error) {
 		}
 		c.Rounds = append(c.Rounds, round)
 		d := e.Policy.Decide(c.Rounds, time.Since(start))
+		select {
+		case <-e.Interrupt:
+			d = Decision{Reason: ReasonInterrupted, PredictedFreeze: d.PredictedFreeze}
+		default:
+		}
 		if !d.Continue {
 			c.Stop = d
 			c.Duration = time.Since(start)

@@ -111,3 +111,30 @@ func TestEngineStopsWhenContextEnds(t *testing.T) {
 		t.Fatalf("err %v, want context.Canceled", err)
 	}
 }
+
+// interruptingDumper closes interrupt during its second round.
+type interruptingDumper struct {
+	fakeDumper
+	interrupt chan struct{}
+}
+
+func (d *interruptingDumper) PreDump(ctx context.Context, image, work, parent string) error {
+	if len(d.calls) == 1 {
+		close(d.interrupt)
+	}
+	return d.fakeDumper.PreDump(ctx, image, work, parent)
+}
+
+func TestEngineInterruptEndsAfterTheRoundInProgress(t *testing.T) {
+	d := &interruptingDumper{interrupt: make(chan struct{})}
+	var flattened []string
+	e := newTestEngine(t, d, stopAfter(5), &flattened)
+	e.Interrupt = d.interrupt
+	c, err := e.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Rounds) != 2 || c.Stop.Reason != ReasonInterrupted || c.Stop.Continue {
+		t.Errorf("rounds %d, stop %+v; want 2 rounds, interrupted", len(c.Rounds), c.Stop)
+	}
+}

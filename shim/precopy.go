@@ -54,6 +54,38 @@ type container struct {
 	// thawed it, so the client's Resume has nothing left to do.
 	pausedAt    time.Time
 	thawedEarly bool
+
+	// interrupt, while rounds run, is closed by a Resume that overtakes
+	// the Pause running them, so that it waits for one round at most
+	// instead of all. Guarded by interruptMu, not mu, which the Pause
+	// holds.
+	interruptMu sync.Mutex
+	interrupt   chan struct{}
+}
+
+// startRounds returns the channel that interrupts the rounds about to run.
+func (c *container) startRounds() <-chan struct{} {
+	c.interruptMu.Lock()
+	defer c.interruptMu.Unlock()
+	c.interrupt = make(chan struct{})
+	return c.interrupt
+}
+
+// endRounds forgets the channel of rounds that ended.
+func (c *container) endRounds() {
+	c.interruptMu.Lock()
+	defer c.interruptMu.Unlock()
+	c.interrupt = nil
+}
+
+// interruptRounds ends running rounds after the one in progress, if any.
+func (c *container) interruptRounds() {
+	c.interruptMu.Lock()
+	defer c.interruptMu.Unlock()
+	if c.interrupt != nil {
+		close(c.interrupt)
+		c.interrupt = nil
+	}
 }
 
 // takeChain hands over the pending rounds and the report of the Pause
@@ -117,13 +149,15 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 		return skip(err.Error())
 	}
 	e := &precopy.Engine{
-		Dumper:  runcPreDumper{runc: r, id: c.id},
-		Policy:  c.settings.policy(),
-		Stats:   precopy.ReadDumpStats,
-		Flatten: flatten,
-		Dir:     filepath.Join(c.bundle, "precopy"),
+		Dumper:    runcPreDumper{runc: r, id: c.id},
+		Policy:    c.settings.policy(),
+		Stats:     precopy.ReadDumpStats,
+		Flatten:   flatten,
+		Dir:       filepath.Join(c.bundle, "precopy"),
+		Interrupt: c.startRounds(),
 	}
 	chain, err := e.Run(ctx)
+	c.endRounds()
 	if err != nil {
 		thawAfterFailedRound(ctx, r, c.id)
 		return skip(err.Error())

@@ -145,6 +145,7 @@ func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.E
 // Resume thaws a container; rounds no checkpoint used are discarded.
 func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes.Empty, error) {
 	if c := s.container(r.ID); c != nil {
+		c.interruptRounds()
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		c.pausedAt = time.Time{}
