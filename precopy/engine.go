@@ -45,6 +45,11 @@ type Round struct {
 	// Flatten is what making this round stand alone cost, while the
 	// container ran.
 	Flatten time.Duration `json:"flatten_ns"`
+	// Dirtied is how many pages the container wrote from the round's
+	// start (CRIU's soft-dirty reset) until DirtiedAfter later, counted
+	// right after the round; zero DirtiedAfter when not counted.
+	Dirtied      uint64        `json:"dirtied_pages,omitempty"`
+	DirtiedAfter time.Duration `json:"dirtied_after_ns,omitempty"`
 }
 
 // Decision is a policy's answer after a round.
@@ -78,6 +83,9 @@ type Engine struct {
 	Flatten Flattener
 	// Dir holds the rounds; it should be on tmpfs. The engine creates it.
 	Dir string
+	// Dirtied, if set, counts the container's soft-dirty pages (see
+	// CountSoftDirty); the engine asks right after each round.
+	Dirtied func() (uint64, error)
 	// Interrupt, when closed, ends pre-copy after the round in progress
 	// (a Resume that overtook the Pause pre-copying): the rounds so far
 	// are kept, with the stop reason "interrupted". Nil: never.
@@ -167,6 +175,12 @@ func (e *Engine) round(ctx context.Context, i int, c *Chain) (Round, error) {
 		return Round{}, fmt.Errorf("statistics: %w", err)
 	}
 	r.Index, r.Start, r.Wall = i, begin, wall
+	if e.Dirtied != nil {
+		// A failed count only costs the policy an early signal.
+		if n, err := e.Dirtied(); err == nil {
+			r.Dirtied, r.DirtiedAfter = n, time.Since(begin)
+		}
+	}
 	// Flatten now, while the container runs, so that the final dump's
 	// parent stands alone and the frozen flatten resolves one level only.
 	if parent != "" {

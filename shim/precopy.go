@@ -155,6 +155,13 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 		Flatten:   flatten,
 		Dir:       filepath.Join(c.bundle, "precopy"),
 		Interrupt: c.startRounds(),
+		Dirtied: func() (uint64, error) {
+			pids, err := s.pids(ctx, c.id)
+			if err != nil {
+				return 0, err
+			}
+			return precopy.CountSoftDirty(pids)
+		},
 	}
 	chain, err := e.Run(ctx)
 	c.endRounds()
@@ -312,14 +319,14 @@ func emptyDir(dir string) error {
 // a first round would copy. It sums /proc/<pid>/statm, which works alike
 // on cgroup v1 and v2 (the runc-v2 service's Stats returns either).
 func (s *Service) residentBytes(ctx context.Context, id string) (uint64, error) {
-	resp, err := s.TTRPCTaskService.Pids(ctx, &taskAPI.PidsRequest{ID: id})
+	pids, err := s.pids(ctx, id)
 	if err != nil {
 		return 0, err
 	}
 	page := uint64(os.Getpagesize())
 	var total uint64
-	for _, p := range resp.Processes {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", p.Pid))
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", pid))
 		if err != nil {
 			continue // exited meanwhile
 		}
@@ -329,4 +336,17 @@ func (s *Service) residentBytes(ctx context.Context, id string) (uint64, error) 
 		}
 	}
 	return total, nil
+}
+
+// pids are the container's processes.
+func (s *Service) pids(ctx context.Context, id string) ([]int, error) {
+	resp, err := s.TTRPCTaskService.Pids(ctx, &taskAPI.PidsRequest{ID: id})
+	if err != nil {
+		return nil, err
+	}
+	pids := make([]int, len(resp.Processes))
+	for i, p := range resp.Processes {
+		pids[i] = int(p.Pid)
+	}
+	return pids, nil
 }

@@ -67,6 +67,8 @@ func (p policyAdapter) Decide(rounds []precopy.Round, elapsed time.Duration) pre
 			MemWrite:           r.MemWrite,
 			Wall:               r.Wall,
 			ImageBytes:         r.ImageBytes,
+			Dirtied:            r.Dirtied,
+			DirtiedAfter:       r.DirtiedAfter,
 		}
 	}
 	d := policy.Decide(policy.Config(p), in, elapsed)

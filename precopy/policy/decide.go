@@ -50,7 +50,8 @@ func Skip(cfg Config, memoryBytes uint64) (bool, Reason) {
 // In order, it stops when round 1 found the container too small; when the
 // predicted final freeze meets the target (after one round only if even
 // rewriting every page would); when the load rewrote nearly all its memory
-// between two rounds or dirties faster than CRIU copies (cannot-converge);
+// during the last round (its page tables' count, from round 1 on) or
+// between two rounds, or dirties faster than CRIU copies (cannot-converge);
 // when the rounds stopped shrinking by MinShrink (converged if what is left
 // to copy takes less than the fixed cost, not-shrinking otherwise); and
 // then on MaxRounds, TimeBudget and MemoryBudget.
@@ -76,6 +77,12 @@ func Decide(cfg Config, rounds []Round, elapsed time.Duration) Decision {
 		return stop(ReasonTargetMet)
 	}
 	keep := 1 - cfg.MinShrink // most a round may write, relative to the one before
+	// The load rewrote nearly all its memory during the last round
+	// (counted from its page tables): the next round would copy it all
+	// again. This is what lets a single round show it.
+	if last.DirtiedAfter > 0 && float64(last.Dirtied) >= keep*float64(last.resident()) {
+		return stop(ReasonCannotConverge)
+	}
 	if k >= 2 {
 		rate, _ := DirtyRate(rounds)
 		// Round 1 wrote every resident page: a later round that wrote

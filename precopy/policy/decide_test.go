@@ -160,3 +160,25 @@ func TestDefaultConfigIsValid(t *testing.T) {
 		}
 	}
 }
+
+// A load that rewrote nearly all its memory while round 1 ran will not
+// converge: the policy says so after one round, from the page tables'
+// count, instead of running a second round to find out.
+func TestDecideCannotConvergeAfterOneRound(t *testing.T) {
+	cfg := DefaultConfig()
+	round := Round{Index: 1, PagesWritten: 65536, MemDump: time.Second, MemWrite: time.Second,
+		Wall: 3 * time.Second, Start: time.Unix(100, 0)}
+	rewrote := round
+	rewrote.Dirtied, rewrote.DirtiedAfter = 60000, 3*time.Second
+	if d := Decide(cfg, []Round{rewrote}, 3*time.Second); d.Continue || d.Reason != ReasonCannotConverge {
+		t.Errorf("rewrote 92%% during round 1: %v, want cannot-converge", d)
+	}
+	calm := round
+	calm.Dirtied, calm.DirtiedAfter = 2000, 3*time.Second
+	if d := Decide(cfg, []Round{calm}, 3*time.Second); !d.Continue {
+		t.Errorf("rewrote 3%% during round 1: %v, want another round", d)
+	}
+	if d := Decide(cfg, []Round{round}, 3*time.Second); !d.Continue {
+		t.Errorf("no count: %v, want another round", d)
+	}
+}

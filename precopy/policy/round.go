@@ -40,6 +40,11 @@ type Round struct {
 	// size; an engine that merges each round into the previous one and
 	// removes it should report the growth, not the merged size.
 	ImageBytes int64
+	// Dirtied is how many pages the load wrote from the round's start (its
+	// soft-dirty reset) until DirtiedAfter later, counted from the page
+	// tables right after the round. Zero DirtiedAfter: not counted.
+	Dirtied      uint64
+	DirtiedAfter time.Duration
 }
 
 // resident is the round's resident pages: what it wrote plus what it found
