@@ -55,6 +55,12 @@ type container struct {
 	pausedAt    time.Time
 	thawedEarly bool
 
+	// finalFixed is the part of this container's last final dump that did
+	// not copy memory (tmpfs mounts, namespaces, the network lock): the
+	// policy's estimate of it is a default for any container, this is
+	// measured, and the next checkpoint's rounds plan with it.
+	finalFixed time.Duration
+
 	// interrupt, while rounds run, is closed by a Resume that overtakes
 	// the Pause running them, so that it waits for one round at most
 	// instead of all. Guarded by interruptMu, not mu, which the Pause
@@ -150,7 +156,7 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 	}
 	e := &precopy.Engine{
 		Dumper:    runcPreDumper{runc: r, id: c.id},
-		Policy:    c.settings.policy(),
+		Policy:    c.settings.withFixedCost(c.finalFixed).policy(),
 		Stats:     precopy.ReadDumpStats,
 		Flatten:   flatten,
 		Dir:       filepath.Join(c.bundle, "precopy"),
@@ -224,7 +230,7 @@ func flatten(dir string) error {
 // round, flattens the image and writes the report. If the dump with a
 // parent fails while the container still runs, it is redone one-shot.
 // afterDump runs as soon as a dump the image will hold is written.
-func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.CheckpointTaskRequest, req *options.CheckpointOptions, chain *precopy.Chain, report *precopy.Report, afterDump func()) error {
+func (s *Service) checkpointWithParent(ctx context.Context, c *container, r *taskAPI.CheckpointTaskRequest, req *options.CheckpointOptions, chain *precopy.Chain, report *precopy.Report, afterDump func()) error {
 	opts := proto.Clone(req).(*options.CheckpointOptions)
 	// runc wants the parent relative to the image path.
 	parent, err := filepath.Rel(r.Path, chain.LastImage())
@@ -274,6 +280,9 @@ func (s *Service) checkpointWithParent(ctx context.Context, r *taskAPI.Checkpoin
 	}
 	final.Wall = wall
 	report.Final = &final
+	if err == nil {
+		c.finalFixed = max(final.Pause()-final.MemDump-final.MemWrite, 0)
+	}
 	f := time.Now()
 	// The rounds are discarded after this, so the final flatten may take
 	// over the last round's pages instead of copying them, where the page

@@ -211,7 +211,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 			log.G(ctx).WithError(err).Warn("precopy: discard rounds")
 		}
 	}()
-	if err := s.checkpointWithParent(ctx, r, &opts, chain, report, afterDump); err != nil {
+	if err := s.checkpointWithParent(ctx, c, r, &opts, chain, report, afterDump); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint %s: %w", r.ID, err))
 	}
 	return &ptypes.Empty{}, nil

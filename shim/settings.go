@@ -48,6 +48,13 @@ func (s Settings) With(annotations map[string]string) (Settings, error) {
 	return out, nil
 }
 
+// withFixedCost returns s planning with a final-dump fixed cost of at
+// least measured (zero: nothing measured yet).
+func (s Settings) withFixedCost(measured time.Duration) Settings {
+	s.Policy.FinalDumpFixedCost = max(s.Policy.FinalDumpFixedCost, measured)
+	return s
+}
+
 // policy is the engine's view of the container's policy.
 func (s Settings) policy() precopy.Policy { return policyAdapter(s.Policy) }
 
