@@ -152,7 +152,7 @@ func checkpointWatched(t *testing.T, ctx context.Context, d *harness.Daemon, id,
 	}
 	resumed := <-watch.events
 	report := requireFlatCheckpoint(t, ctx, d, ref)
-	t.Logf("thaw: %+v", report.Thaw)
+	t.Logf("thaw: %+v; pre-copied %v, fell back: %q", report.Thaw, report.PreCopied, report.FellBack)
 	if report.Thaw == nil || report.Thaw.Early != wantEarly {
 		t.Fatalf("early thaw %v, want %v: %+v", report.Thaw != nil && report.Thaw.Early, wantEarly, report.Thaw)
 	}
