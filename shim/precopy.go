@@ -30,6 +30,10 @@ import (
 // follows (a user's `ctr task pause`) must not hold their memory forever.
 const discardAfter = 2 * time.Minute
 
+// minRoundsTime is the least time worth starting pre-copy with under a
+// caller's deadline: about one first round of a mid-sized container.
+const minRoundsTime = 2 * time.Second
+
 // container is precopy's state for one container the shim serves.
 type container struct {
 	// mu serialises pre-copy, Pause, Checkpoint, Resume and Delete of
@@ -149,6 +153,21 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 	if no, why := policy.Skip(c.settings.Policy, mem); no {
 		return skip(fmt.Sprintf("policy: %s (%d MiB resident)", why, mem>>20))
 	}
+	settings := c.settings.withFixedCost(c.finalFixed)
+	// A caller with a deadline (the kubelet's checkpoint request, through
+	// the CRI plugin) must get its checkpoint before it: rounds may use at
+	// most half of the time left, the other half being for the final dump
+	// and the daemon storing the image. Too little left: straight to the
+	// final dump.
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl) / 2
+		if left < minRoundsTime {
+			return skip(fmt.Sprintf("the request's deadline leaves %s for pre-copy", left.Round(time.Millisecond)))
+		}
+		if settings.Policy.TimeBudget == 0 || left < settings.Policy.TimeBudget {
+			settings.Policy.TimeBudget = left
+		}
+	}
 	useCRIUConfig()
 	r, err := newRunc(c.bundle, c.namespace)
 	if err != nil {
@@ -156,7 +175,7 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 	}
 	e := &precopy.Engine{
 		Dumper:    runcPreDumper{runc: r, id: c.id},
-		Policy:    c.settings.withFixedCost(c.finalFixed).policy(),
+		Policy:    settings.policy(),
 		Stats:     precopy.ReadDumpStats,
 		Flatten:   flatten,
 		Dir:       filepath.Join(c.bundle, "precopy"),

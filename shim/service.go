@@ -30,6 +30,8 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
+
+	"github.com/precopy/precopy/precopy"
 )
 
 // Service wraps containerd's runc-v2 task service.
@@ -181,6 +183,24 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 			return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint %s: options: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
 		}
 	}
+	// CRIU's log and statistics land in its work dir, which the runc-v2
+	// service deletes unless the caller chose one (the CRI plugin does;
+	// ctr and a CRI handler with precopy's own runtime type do not): use
+	// one of ours, and put both into the image, where they travel with it.
+	if opts.WorkPath == "" {
+		work := filepath.Join(c.bundle, "checkpoint-work")
+		if err := os.RemoveAll(work); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		defer os.RemoveAll(work)
+		opts.WorkPath = work
+		any, err := typeurl.MarshalAnyToProto(&opts)
+		if err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		r = &taskAPI.CheckpointTaskRequest{ID: r.ID, Path: r.Path, Options: any}
+		defer keepCRIULog(ctx, work, r.Path)
+	}
 	chain, report := c.takeChain()
 	if report == nil {
 		chain, report = s.preCopy(ctx, c, "checkpoint")
@@ -197,10 +217,15 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 		}
 	}
 	if chain == nil {
+		start := time.Now()
 		if _, err := s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
 			return nil, err
 		}
 		afterDump()
+		if final, err := precopy.ReadDumpStats(opts.WorkPath); err == nil {
+			final.Wall = time.Since(start)
+			report.Final = &final
+		}
 		if err := report.Write(r.Path); err != nil {
 			return nil, errgrpc.ToGRPC(err)
 		}
@@ -233,4 +258,18 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		s.mu.Unlock()
 	}
 	return resp, nil
+}
+
+// keepCRIULog copies CRIU's log and statistics of a dump from its work
+// dir into the image dir. Best effort: the image is complete without.
+func keepCRIULog(ctx context.Context, work, image string) {
+	for _, name := range []string{"dump.log", "stats-dump"} {
+		b, err := os.ReadFile(filepath.Join(work, name))
+		if err == nil {
+			err = os.WriteFile(filepath.Join(image, name), b, 0o600)
+		}
+		if err != nil && !os.IsNotExist(err) {
+			log.G(ctx).WithError(err).Warnf("precopy: keep CRIU's %s in the image", name)
+		}
+	}
 }
