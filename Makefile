@@ -29,7 +29,7 @@ SCENARIO ?= low-dirty-256m
 build:
 	mkdir -p $(BIN)
 	CGO_ENABLED=0 go build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
-	CGO_ENABLED=0 go build -o $(BIN)/ ./integration/workloads/memload
+	CGO_ENABLED=0 go build -o $(BIN)/ ./integration/workloads/memload ./integration/workloads/pause
 
 deps:
 	bash hack/deps.sh

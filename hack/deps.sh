@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Brings a Debian 12 machine to what precopy builds and tests against:
 # containerd + ctr + containerd-shim-runc-v2 and runc built from their Go
-# modules, CRIU built from Debian trixie's source tarball, and the Debian
-# packages CRIU, runc and the soft-dirty VM tier need. Idempotent: each piece
+# modules, crictl and checkpointctl (the Kubernetes path's client and archive
+# reader) from theirs, CRIU built from Debian trixie's source tarball, and the
+# Debian packages CRIU, runc and the soft-dirty VM tier need. Idempotent: each piece
 # is checked first and only installed when missing or at another version.
 #
 # Uses only Debian's package archive and the Go module proxy.
@@ -11,6 +12,10 @@ set -euo pipefail
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
 RUNC_VERSION=${RUNC_VERSION:-1.5.2}
 CRIU_VERSION=${CRIU_VERSION:-4.1.1}
+CRICTL_VERSION=${CRICTL_VERSION:-1.37.0}
+# checkpointctl 1.7.0 needs go-criu v8.5.0, which the module proxy does not
+# serve.
+CHECKPOINTCTL_VERSION=${CHECKPOINTCTL_VERSION:-1.6.0}
 PREFIX=${PREFIX:-/usr/local}
 CACHE=${PRECOPY_CACHE:-/var/cache/precopy}
 
@@ -84,6 +89,32 @@ install_runc() {
 		"github.com/opencontainers/runc@v$RUNC_VERSION"
 }
 
+# crictl drives the CRI plugin as the kubelet does (crictl checkpoint
+# --export writes the archive Kubernetes keeps); its version is set at link
+# time, as cri-tools' own Makefile does.
+install_crictl() {
+	if have crictl "^crictl version ${CRICTL_VERSION//./\\.}$"; then
+		log "crictl $CRICTL_VERSION: present"
+		return
+	fi
+	log "crictl $CRICTL_VERSION: building"
+	go_install "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+		"sigs.k8s.io/cri-tools/cmd/crictl@v$CRICTL_VERSION"
+}
+
+# checkpointctl reads Kubernetes checkpoint archives (the tool their users
+# inspect them with); its name and version are set at link time, as its
+# Makefile does.
+install_checkpointctl() {
+	if have checkpointctl "^checkpointctl version ${CHECKPOINTCTL_VERSION//./\\.}$"; then
+		log "checkpointctl $CHECKPOINTCTL_VERSION: present"
+		return
+	fi
+	log "checkpointctl $CHECKPOINTCTL_VERSION: building"
+	CGO_ENABLED=0 go_install "-X main.name=checkpointctl -X main.version=$CHECKPOINTCTL_VERSION" \
+		"github.com/checkpoint-restore/checkpointctl@v$CHECKPOINTCTL_VERSION"
+}
+
 # CRIU is built from Debian trixie's source tarball: Debian 12's criu 3.17
 # fails on newer kernels (vDSO). The tarball is fetched through apt with a
 # private source list, so its hash is checked against trixie's signed Sources
@@ -123,5 +154,7 @@ install_criu() {
 install_debian_packages
 install_containerd
 install_runc
+install_crictl
+install_checkpointctl
 install_criu
-log "ready: $("$PREFIX/bin/containerd" --version | cut -d' ' -f3), runc $("$PREFIX/bin/runc" --version | head -1 | cut -d' ' -f3), criu $("$PREFIX/sbin/criu" --version | head -1 | cut -d' ' -f2)"
+log "ready: $("$PREFIX/bin/containerd" --version | cut -d' ' -f3), runc $("$PREFIX/bin/runc" --version | head -1 | cut -d' ' -f3), criu $("$PREFIX/sbin/criu" --version | head -1 | cut -d' ' -f2), crictl $CRICTL_VERSION, checkpointctl $CHECKPOINTCTL_VERSION"

@@ -1,4 +1,18 @@
-// Package snapshotter will hold precopyd's snapshotter, whose data lives in
-// memory, and the pinned point-in-time views of a container's writable
-// layer that early thaw needs. Empty until precopyd lands (issues 5, 9).
+// Package snapshotter is precopyd's snapshotter whose data lives in memory:
+// containerd's own overlay snapshotter (plugins/snapshots/overlay), reused
+// as it is, rooted on a tmpfs that precopyd mounts itself with a fixed
+// size. The tmpfs size is the snapshotter's byte limit: containers' writable
+// layers, which `--rw` checkpoints diff, and unpacked image layers share
+// it, and none of it touches a disk. When it is full, Prepare refuses new
+// writable snapshots with errdefs.ErrResourceExhausted, and any ENOSPC the
+// overlay snapshotter meets is reported the same way.
+//
+// The snapshots' metadata (a bolt file, a few KiB a snapshot) is kept
+// beside the tmpfs, not on it, so that a full tmpfs cannot keep Remove, the
+// call that frees it, from committing. Snapshots live as long as the tmpfs:
+// a precopyd that starts finds the metadata of its predecessor's, logs them
+// as lost and starts empty.
+//
+// Later (issue 9) it is where pinned point-in-time views of a container's
+// writable layer, which early thaw needs, belong.
 package snapshotter

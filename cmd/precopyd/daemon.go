@@ -11,65 +11,100 @@ import (
 	"path/filepath"
 	"time"
 
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
 	"github.com/precopy/precopy/plugin/contentservice"
-	"github.com/precopy/precopy/plugin/memstore"
+	"github.com/precopy/precopy/snapshotter"
 )
 
 // config is what the flags set.
 type config struct {
-	address      string // unix socket path
-	contentLimit int64  // bytes; 0 = unlimited
-	debugAddress string // host:port for metrics as JSON; empty = off
+	address       string // unix socket path
+	stateDir      string // the content inventory and the snapshotter's root
+	contentLimit  int64  // bytes; 0 = unlimited
+	snapshotLimit int64  // bytes; 0 = no snapshotter
+	persistDir    string // blobs written behind to disk; empty = memory only
+	debugAddress  string // host:port for metrics as JSON; empty = off
 }
 
 // stopTimeout bounds a graceful stop: an unfinished write stream from
 // containerd would otherwise hold shutdown forever.
 const stopTimeout = 10 * time.Second
 
+// snapshotterDir, in the state dir, is the snapshotter's root.
+const snapshotterDir = "snapshotter"
+
 // daemon is precopyd set up and listening, not yet serving.
 type daemon struct {
-	cfg      config
-	store    *memstore.Store
-	grpc     *grpc.Server
-	listener net.Listener
-	debug    *http.Server // nil if off
-	debugL   net.Listener
+	cfg       config
+	content   *contentStore
+	snapshots *snapshotter.Snapshotter // nil if off
+	grpc      *grpc.Server
+	listener  net.Listener
+	debug     *http.Server // nil if off
+	debugL    net.Listener
 }
 
-// newDaemon creates the store and listens on the socket (and the debug
-// address); serve then serves them.
+// newDaemon claims the socket, sets up the content store (recovering what
+// the persist dir holds) and the snapshotter (mounting its tmpfs), and
+// listens; serve then serves. On error it has undone all of it.
 func newDaemon(ctx context.Context, cfg config) (_ *daemon, retErr error) {
-	store, err := memstore.New(memstore.WithLimit(cfg.contentLimit))
-	if err != nil {
-		return nil, err
-	}
-	d := &daemon{cfg: cfg, store: store, grpc: contentservice.NewServer(store)}
+	d := &daemon{cfg: cfg}
+	var err error
+	// First, so that a second precopyd on the same socket stops here,
+	// before touching the first one's state.
 	if d.listener, err = listenUnix(cfg.address); err != nil {
 		return nil, err
 	}
 	defer func() {
 		if retErr != nil {
 			d.listener.Close()
+			d.closeStores(ctx)
 		}
 	}()
+	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	if d.content, err = openContent(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if cfg.snapshotLimit > 0 {
+		if d.snapshots, err = snapshotter.New(ctx, filepath.Join(cfg.stateDir, snapshotterDir), cfg.snapshotLimit); err != nil {
+			return nil, err
+		}
+	}
+	d.grpc = grpc.NewServer(contentservice.ServerOptions()...)
+	contentservice.Register(d.grpc, d.content.store)
+	if d.snapshots != nil {
+		snapshotsapi.RegisterSnapshotsServer(d.grpc, snapshotservice.FromSnapshotter(d.snapshots))
+	}
 	if cfg.debugAddress != "" {
 		if d.debugL, err = net.Listen("tcp", cfg.debugAddress); err != nil {
 			return nil, fmt.Errorf("debug address: %w", err)
 		}
-		d.debug = &http.Server{Handler: metricsHandler(store), ReadHeaderTimeout: 10 * time.Second}
+		d.debug = &http.Server{Handler: metricsHandler(d), ReadHeaderTimeout: 10 * time.Second}
 	}
 	return d, nil
 }
 
-// serve serves until ctx is done, then stops and removes the socket.
+// serve serves until ctx is done, then stops, unmounts the snapshotter's
+// tmpfs, writes what the persist dir is owed, and removes the socket.
 func (d *daemon) serve(ctx context.Context) error {
 	defer os.Remove(d.cfg.address) // normally gone already with the listener
 	served := make(chan error, 1)
 	go func() { served <- d.grpc.Serve(d.listener) }()
-	fields := log.Fields{"address": d.cfg.address, "content_limit": d.cfg.contentLimit}
+	fields := log.Fields{"address": d.cfg.address, "content_limit": d.cfg.contentLimit, "state_dir": d.cfg.stateDir}
+	apis := "content"
+	if d.snapshots != nil {
+		fields["snapshot_limit"] = d.cfg.snapshotLimit
+		apis = "content and snapshots"
+	}
+	if d.cfg.persistDir != "" {
+		fields["persist_dir"] = d.cfg.persistDir
+	}
 	if d.debug != nil {
 		fields["debug_address"] = d.debugL.Addr().String()
 		go func() {
@@ -79,23 +114,37 @@ func (d *daemon) serve(ctx context.Context) error {
 		}()
 		defer d.debug.Close()
 	}
-	log.G(ctx).WithFields(fields).Info("precopyd serving containerd's content API")
+	log.G(ctx).WithFields(fields).Infof("precopyd serving containerd's %s API", apis)
 
+	var err error
 	select {
-	case err := <-served:
-		return fmt.Errorf("serve %s: %w", d.cfg.address, err)
+	case err = <-served:
+		err = fmt.Errorf("serve %s: %w", d.cfg.address, err)
 	case <-ctx.Done():
+		log.G(ctx).Info("precopyd stopping")
+		stopped := make(chan struct{})
+		go func() { d.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(stopTimeout):
+			log.G(ctx).Warnf("calls still running after %s; cutting them off", stopTimeout)
+			d.grpc.Stop()
+		}
+		err = <-served
 	}
-	log.G(ctx).Info("precopyd stopping")
-	stopped := make(chan struct{})
-	go func() { d.grpc.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(stopTimeout):
-		log.G(ctx).Warnf("calls still running after %s; cutting them off", stopTimeout)
-		d.grpc.Stop()
+	return errors.Join(err, d.closeStores(ctx))
+}
+
+// closeStores closes what newDaemon opened, whatever of it there is.
+func (d *daemon) closeStores(ctx context.Context) error {
+	var errs []error
+	if d.snapshots != nil {
+		errs = append(errs, d.snapshots.Close())
 	}
-	return <-served
+	if d.content != nil {
+		errs = append(errs, d.content.close(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 // listenUnix listens on a unix socket only root can use: it creates the

@@ -17,8 +17,6 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-
-	"github.com/precopy/precopy/plugin/memstore"
 )
 
 // TestDaemon starts precopyd's server on a socket in a directory it must
@@ -27,7 +25,7 @@ import (
 func TestDaemon(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "run", "precopyd")
 	sock := filepath.Join(dir, "precopyd.sock")
-	cfg := config{address: sock, contentLimit: 1 << 20, debugAddress: "127.0.0.1:0"}
+	cfg := config{address: sock, stateDir: t.TempDir(), contentLimit: 1 << 20, debugAddress: "127.0.0.1:0"}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -56,13 +54,13 @@ func TestDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m memstore.Metrics
+	var m metrics
 	err = json.NewDecoder(resp.Body).Decode(&m)
 	resp.Body.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Blobs != 1 || m.UsedBytes != desc.Size || m.LimitBytes != 1<<20 {
+	if c := m.Content; c.Blobs != 1 || c.UsedBytes != desc.Size || c.LimitBytes != 1<<20 || m.Snapshots != nil || m.Persist != nil {
 		t.Errorf("metrics %+v", m)
 	}
 
@@ -97,9 +95,10 @@ func TestStaleSocket(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sock := filepath.Join(t.TempDir(), "precopyd.sock")
+	state := t.TempDir()
 
 	// A socket whose listener is gone without unlinking it is stale.
-	d, err := newDaemon(ctx, config{address: sock})
+	d, err := newDaemon(ctx, config{address: sock, stateDir: state})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,18 +108,20 @@ func TestStaleSocket(t *testing.T) {
 		t.Fatalf("no stale socket to test with: %v", err)
 	}
 
-	d, err = newDaemon(ctx, config{address: sock})
+	d.closeStores(ctx)
+	d, err = newDaemon(ctx, config{address: sock, stateDir: state})
 	if err != nil {
 		t.Fatalf("replacing a stale socket: %v", err)
 	}
 	defer d.listener.Close()
-	if _, err := newDaemon(ctx, config{address: sock}); err == nil {
+	defer d.closeStores(ctx)
+	if _, err := newDaemon(ctx, config{address: sock, stateDir: state}); err == nil {
 		t.Fatal("took over a socket in use")
 	}
 
 	notSocket := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(notSocket, nil, 0o600)
-	if _, err := newDaemon(ctx, config{address: notSocket}); err == nil {
+	if _, err := newDaemon(ctx, config{address: notSocket, stateDir: state}); err == nil {
 		t.Fatal("removed a file that is not a socket")
 	}
 }

@@ -1,14 +1,21 @@
-// Command precopyd keeps precopy's checkpoint images in memory. It serves
-// an in-memory content store (plugin/memstore) over containerd's content
-// gRPC API on a unix socket, for containerd to use as a "content" proxy
-// plugin in place of its disk-backed store:
+// Command precopyd keeps precopy's checkpoint images, and with
+// --snapshot-limit containers' writable layers, in memory. It serves an
+// in-memory content store (plugin/memstore) over containerd's content gRPC
+// API, and a snapshotter on a tmpfs it mounts (snapshotter/) over
+// containerd's snapshots API, on one unix socket, for containerd to use as
+// proxy plugins in place of its disk-backed ones:
 //
 //	disabled_plugins = ["io.containerd.content.v1.content"]
-//	[proxy_plugins.precopy]
+//	[proxy_plugins.precopy-content]
 //	  type = "content"
 //	  address = "/run/precopyd/precopyd.sock"
+//	[proxy_plugins.precopy]
+//	  type = "snapshot"
+//	  address = "/run/precopyd/precopyd.sock"
 //
-// Only root can connect: the socket is 0600, its directory 0700.
+// Only root can connect: the socket is 0600, its directory 0700. Content
+// is held in memory only unless --persist-dir names a directory to write
+// it behind to; either way a restart logs what was lost.
 package main
 
 import (
@@ -24,13 +31,17 @@ import (
 
 func main() {
 	var (
-		cfg   config
-		limit byteSize
-		level string
+		cfg           config
+		limit         byteSize
+		snapshotLimit byteSize
+		level         string
 	)
-	flag.StringVar(&cfg.address, "address", "/run/precopyd/precopyd.sock", "unix socket to serve containerd's content API on")
+	flag.StringVar(&cfg.address, "address", "/run/precopyd/precopyd.sock", "unix socket to serve containerd's content (and snapshots) API on")
+	flag.StringVar(&cfg.stateDir, "state-dir", "/run/precopyd", "directory for the record of what the content store holds and the snapshotter's tmpfs and metadata; keep it on a tmpfs")
 	flag.Var(&limit, "content-limit", "most bytes the store holds, blobs and unfinished writes together, e.g. 512MiB or 2GiB (binary units; 0 = unlimited)")
-	flag.StringVar(&cfg.debugAddress, "debug-address", "", "host:port to serve the store's metrics on as JSON at /metrics.json (empty = off; no authentication)")
+	flag.Var(&snapshotLimit, "snapshot-limit", "serve a snapshotter on a tmpfs of this size, e.g. 1GiB (0 = no snapshotter)")
+	flag.StringVar(&cfg.persistDir, "persist-dir", "", "directory to write blobs to behind the store and recover them from at start (empty = memory only: a restart loses them)")
+	flag.StringVar(&cfg.debugAddress, "debug-address", "", "host:port to serve metrics (content store, snapshotter, persist dir) on as JSON at /metrics.json (empty = off; no authentication)")
 	flag.StringVar(&level, "log-level", "info", "log level: trace, debug, info, warn, error")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -42,6 +53,7 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.contentLimit = int64(limit)
+	cfg.snapshotLimit = int64(snapshotLimit)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -4,17 +4,42 @@ import (
 	"encoding/json"
 	"net/http"
 
+	"github.com/containerd/log"
+
 	"github.com/precopy/precopy/plugin/memstore"
+	"github.com/precopy/precopy/plugin/persist"
+	"github.com/precopy/precopy/snapshotter"
 )
 
-// metricsHandler serves the store's metrics as JSON at /metrics.json. A
+// metrics is what /metrics.json serves.
+type metrics struct {
+	Content   memstore.Metrics     `json:"content"`
+	Snapshots *snapshotter.Metrics `json:"snapshots,omitempty"` // nil without --snapshot-limit
+	Persist   *persist.Metrics     `json:"persist,omitempty"`   // nil without --persist-dir
+}
+
+// metricsHandler serves the daemon's metrics as JSON at /metrics.json. A
 // stopgap until they are exported for Prometheus; /metrics is left free
 // for that.
-func metricsHandler(store *memstore.Store) http.Handler {
+func metricsHandler(d *daemon) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics.json", func(w http.ResponseWriter, r *http.Request) {
+		m := metrics{Content: d.content.store.Metrics()}
+		if d.snapshots != nil {
+			sm, err := d.snapshots.Metrics(r.Context())
+			if err != nil {
+				log.G(r.Context()).WithError(err).Warn("snapshotter metrics")
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			m.Snapshots = &sm
+		}
+		if d.content.persist != nil {
+			pm := d.content.persist.Metrics()
+			m.Persist = &pm
+		}
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(store.Metrics())
+		json.NewEncoder(w).Encode(m)
 	})
 	return mux
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -31,6 +32,12 @@ type Options struct {
 	// Env is added to containerd's environment, which its shims, runc and
 	// CRIU inherit (see CRIUEnv).
 	Env []string
+	// DisabledPlugins are disabled besides those every test daemon
+	// disables, e.g. the local content store for precopyd's.
+	DisabledPlugins []string
+	// CRI, when set, turns containerd's CRI plugin on (cri.go); without
+	// it the CRI plugins stay off.
+	CRI *CRIOptions
 }
 
 // Daemon is a private containerd: its root, state, sockets, config and log
@@ -45,6 +52,7 @@ type Daemon struct {
 	cmd    *exec.Cmd
 	exited chan struct{}
 	client *containerd.Client
+	cri    *CRIOptions
 }
 
 // disabledPlugins are plugins a private test daemon must not load: CRI
@@ -71,6 +79,7 @@ func StartDaemon(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 		Namespace: o.Namespace,
 		LogPath:   filepath.Join(dir, "containerd.log"),
 		exited:    make(chan struct{}),
+		cri:       o.CRI,
 	}
 	defer func() {
 		if retErr != nil {
@@ -78,7 +87,7 @@ func StartDaemon(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 		}
 	}()
 	cfg := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfg, []byte(d.config(o.ExtraConfig)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(d.config(d.criConfig()+o.ExtraConfig, o.DisabledPlugins)), 0o600); err != nil {
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
 	logf, err := os.Create(d.LogPath)
@@ -105,10 +114,10 @@ func StartDaemon(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	return d, nil
 }
 
-func (d *Daemon) config(extra string) string {
-	quoted := make([]string, len(disabledPlugins))
-	for i, p := range disabledPlugins {
-		quoted[i] = fmt.Sprintf("%q", p)
+func (d *Daemon) config(extra string, disabled []string) string {
+	var quoted []string
+	for _, p := range slices.Concat(d.pluginsToDisable(), disabled) {
+		quoted = append(quoted, fmt.Sprintf("%q", p))
 	}
 	return fmt.Sprintf(`version = 3
 root = %q
@@ -205,6 +214,9 @@ func (d *Daemon) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var errs []error
+	if d.cri != nil {
+		errs = append(errs, d.removeCRIPods(ctx))
+	}
 	if d.client != nil {
 		if list, err := d.client.Containers(d.Context(ctx)); err != nil {
 			errs = append(errs, fmt.Errorf("list containers: %w", err))

@@ -18,17 +18,22 @@ const MemloadImage = "docker.io/precopy/memload:test"
 // registry is reachable on these machines), imports it into the namespace
 // of ctx and unpacks it into the default snapshotter.
 func ImportMemload(ctx context.Context, c *containerd.Client, b Binaries) error {
-	spec := testimage.Spec{
+	return importImage(ctx, c, testimage.Spec{
 		Name:       MemloadImage,
 		Files:      []testimage.File{testimage.Executable("/"+MemloadBinary, b.Path(MemloadBinary))},
 		Entrypoint: []string{"/" + MemloadBinary},
-	}
+	})
+}
+
+// importImage builds the image spec describes, imports it into the
+// namespace of ctx and unpacks it into the default snapshotter.
+func importImage(ctx context.Context, c *containerd.Client, spec testimage.Spec) error {
 	r, w := io.Pipe()
 	go func() { w.CloseWithError(testimage.Write(w, spec)) }()
 	imgs, err := c.Import(ctx, r)
 	r.Close()
 	if err != nil {
-		return fmt.Errorf("import %s: %w", MemloadImage, err)
+		return fmt.Errorf("import %s: %w", spec.Name, err)
 	}
 	for _, img := range imgs {
 		if err := containerd.NewImage(c, img).Unpack(ctx, ""); err != nil {

@@ -17,11 +17,21 @@ import (
 // client writes in chunks of half that and expects replies up to it, and
 // gRPC's own 4 MiB default would refuse them.
 func NewServer(cs content.Store, opts ...grpc.ServerOption) *grpc.Server {
-	opts = append([]grpc.ServerOption{
+	srv := grpc.NewServer(append(ServerOptions(), opts...)...)
+	Register(srv, cs)
+	return srv
+}
+
+// ServerOptions are containerd's message limits, for a server that offers
+// more than the content service.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
-	}, opts...)
-	srv := grpc.NewServer(opts...)
+	}
+}
+
+// Register offers cs as containerd's content service on srv.
+func Register(srv *grpc.Server, cs content.Store) {
 	contentapi.RegisterContentServer(srv, contentserver.New(cs))
-	return srv
 }

@@ -16,4 +16,9 @@
 // On top of that it enforces a byte limit: committed blobs and bytes held by
 // ingests both count, and a write that would exceed the limit fails with
 // errdefs.ErrResourceExhausted without touching anything already stored.
+//
+// It keeps nothing beyond its process. Observers hear of every change to
+// committed content, in order, to keep a copy (plugin/persist) or a record
+// (plugin/inventory); Load takes content back after a restart, verifying
+// it; MarkLost makes asking for content a restart lost say so.
 package memstore

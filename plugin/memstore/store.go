@@ -29,6 +29,11 @@ type Store struct {
 	committedBytes int64
 	ingestBytes    int64
 	writesRefused  int64
+	// lost says why content an earlier precopyd held is gone, so that
+	// asking for it says more than "not found".
+	lost map[digest.Digest]string
+
+	observers []Observer // fixed at New
 }
 
 var _ content.Store = (*Store)(nil)
@@ -54,11 +59,20 @@ func WithLimit(bytes int64) Option {
 	}
 }
 
+// WithObserver has o told of every change to committed content.
+func WithObserver(o Observer) Option {
+	return func(s *Store) error {
+		s.observers = append(s.observers, o)
+		return nil
+	}
+}
+
 // New returns an empty store.
 func New(opts ...Option) (*Store, error) {
 	s := &Store{
 		blobs:   map[digest.Digest]*blob{},
 		ingests: map[string]*ingest{},
+		lost:    map[digest.Digest]string{},
 	}
 	for _, o := range opts {
 		if err := o(s); err != nil {
@@ -86,6 +100,9 @@ func (s *Store) blob(dgst digest.Digest) (*blob, error) {
 	}
 	b, ok := s.blobs[dgst]
 	if !ok {
+		if why, ok := s.lost[dgst]; ok {
+			return nil, fmt.Errorf("content %v: %s: %w", dgst, why, errdefs.ErrNotFound)
+		}
 		return nil, fmt.Errorf("content %v: %w", dgst, errdefs.ErrNotFound)
 	}
 	return b, nil
@@ -113,6 +130,9 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	}
 	delete(s.blobs, dgst)
 	s.committedBytes -= b.info.Size
+	for _, o := range s.observers {
+		o.Deleted(dgst)
+	}
 	return nil
 }
 
@@ -133,6 +153,9 @@ func (s *Store) Update(ctx context.Context, info content.Info, fieldpaths ...str
 	}
 	b.info.Labels = labels
 	b.info.UpdatedAt = time.Now()
+	for _, o := range s.observers {
+		o.Updated(copyInfo(b.info))
+	}
 	return copyInfo(b.info), nil
 }
 

@@ -154,9 +154,14 @@ func (s *Store) commit(ctx context.Context, in *ingest, dgst digest.Digest, labe
 	n := in.data.Len()
 	s.committedBytes += n
 	now := time.Now()
-	s.blobs[dgst] = &blob{
+	b := &blob{
 		data: in.data,
 		info: content.Info{Digest: dgst, Size: n, CreatedAt: now, UpdatedAt: now, Labels: copyLabels(labels)},
+	}
+	s.blobs[dgst] = b
+	delete(s.lost, dgst)
+	for _, o := range s.observers {
+		o.Committed(copyInfo(b.info), blobReader{b.data})
 	}
 	log.G(ctx).WithFields(log.Fields{"digest": dgst, "size": n, "ref": in.ref}).Debug("committed content")
 	return nil

@@ -1,0 +1,281 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/precopy/precopy/integration/harness"
+	"github.com/precopy/precopy/integration/workload"
+	"github.com/precopy/precopy/precopy/policy"
+	precopyshim "github.com/precopy/precopy/shim"
+)
+
+// The CRI tests' runtime handlers: precopy's two install paths for
+// Kubernetes.
+const (
+	// handlerRuncPath keeps runtime type io.containerd.runc.v2, for which
+	// the CRI plugin sends runc's checkpoint options, and names precopy's
+	// shim as runtime_path.
+	handlerRuncPath = "precopy-runc"
+	// handlerPrecopy is runtime type io.containerd.precopy.v1: containerd
+	// finds the shim on its PATH, and the CRI plugin sends no checkpoint
+	// options.
+	handlerPrecopy = "precopy"
+)
+
+var criDaemons atomic.Int32
+
+// startCRIDaemon starts a private containerd with the CRI plugin, both
+// handlers, and the pause and memload images in CRI's namespace; it is
+// torn down when t ends.
+func startCRIDaemon(t *testing.T) (*harness.Daemon, *harness.CRIClient) {
+	t.Helper()
+	requireStack(t)
+	ctx := context.Background()
+	annotations := []string{policy.AnnotationPrefix + "*"}
+	d, err := harness.StartDaemon(ctx, harness.Options{
+		ShimDirs:  []string{stack.bins.Dir},
+		Namespace: fmt.Sprintf("%s-cri%d", stack.daemon.Namespace, criDaemons.Add(1)),
+		Env:       stack.criuEnv,
+		CRI: &harness.CRIOptions{Handlers: []harness.CRIHandler{
+			{Name: handlerRuncPath, RuntimeType: precopyshim.RuncRuntime, RuntimePath: stack.bins.Path(harness.ShimBinary),
+				RuncOptions: true, Annotations: annotations},
+			{Name: handlerPrecopy, RuntimeType: precopyshim.Runtime, Annotations: annotations},
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("containerd log (%s) ends:\n%s", d.LogPath, d.LogTail(60))
+		}
+		if err := d.Close(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	})
+	if err := harness.ImportCRIImages(ctx, d, stack.bins); err != nil {
+		t.Fatal(err)
+	}
+	cri, err := d.CRI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cri.Close() })
+	return d, cri
+}
+
+// criPod is a pod sandbox with one memload container, as the kubelet
+// would make them: host network (no CNI here), the container in its own
+// pid namespace (Kubernetes' default without shareProcessNamespace) and
+// the pod's IPC namespace.
+type criPod struct {
+	ID, ContainerID string
+	config          *runtime.PodSandboxConfig
+}
+
+// criAnnotations are annotations on a pod and on its container; the
+// handlers pass io.precopy.* of both to the shim.
+type criAnnotations struct{ pod, container map[string]string }
+
+var criNamespaces = &runtime.NamespaceOption{
+	Network: runtime.NamespaceMode_NODE,
+	Pid:     runtime.NamespaceMode_CONTAINER,
+	Ipc:     runtime.NamespaceMode_POD,
+}
+
+// runCRIMemload runs memload in a new pod on handler and waits until it
+// reports; the pod goes when t ends.
+func runCRIMemload(t *testing.T, ctx context.Context, d *harness.Daemon, cri *harness.CRIClient, name, handler string, a criAnnotations, args ...string) criPod {
+	t.Helper()
+	pod := createCRIMemload(t, ctx, d, cri, name, handler, a, args...)
+	if _, err := cri.Runtime.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: pod.ContainerID}); err != nil {
+		t.Fatalf("start container %s: %v", name, err)
+	}
+	waitCRIMemloadReady(t, d, pod.ContainerID)
+	return pod
+}
+
+// createCRIMemload runs a pod and creates (not starts) its memload
+// container.
+func createCRIMemload(t *testing.T, ctx context.Context, d *harness.Daemon, cri *harness.CRIClient, name, handler string, a criAnnotations, args ...string) criPod {
+	t.Helper()
+	config := &runtime.PodSandboxConfig{
+		Metadata:     &runtime.PodSandboxMetadata{Name: name, Uid: fmt.Sprintf("%s-%d", name, time.Now().UnixNano()), Namespace: "default"},
+		LogDirectory: t.TempDir(),
+		Annotations:  a.pod,
+		Linux: &runtime.LinuxPodSandboxConfig{
+			CgroupParent:    d.CRICgroupParent(),
+			SecurityContext: &runtime.LinuxSandboxSecurityContext{NamespaceOptions: criNamespaces},
+		},
+	}
+	run, err := cri.Runtime.RunPodSandbox(ctx, &runtime.RunPodSandboxRequest{Config: config, RuntimeHandler: handler})
+	if err != nil {
+		t.Fatalf("run pod %s on %s: %v", name, handler, err)
+	}
+	pod := criPod{ID: run.PodSandboxId, config: config}
+	t.Cleanup(func() { removeCRIPod(t, cri, pod.ID) })
+	if len(args) == 0 {
+		args = memloadArgs
+	}
+	created, err := cri.Runtime.CreateContainer(ctx, &runtime.CreateContainerRequest{
+		PodSandboxId: pod.ID,
+		Config: &runtime.ContainerConfig{
+			Metadata:    &runtime.ContainerMetadata{Name: "memload"},
+			Image:       &runtime.ImageSpec{Image: harness.MemloadImage},
+			Command:     []string{"/" + harness.MemloadBinary},
+			Args:        args,
+			LogPath:     "memload.log",
+			Annotations: a.container,
+			Linux: &runtime.LinuxContainerConfig{
+				SecurityContext: &runtime.LinuxContainerSecurityContext{NamespaceOptions: criNamespaces},
+			},
+		},
+		SandboxConfig: config,
+	})
+	if err != nil {
+		t.Fatalf("create container in pod %s: %v", name, err)
+	}
+	pod.ContainerID = created.ContainerId
+	return pod
+}
+
+// removeCRIPod stops and removes a pod with its containers, as the
+// kubelet does when a pod is deleted.
+func removeCRIPod(t *testing.T, cri *harness.CRIClient, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := cri.Runtime.StopPodSandbox(ctx, &runtime.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+		t.Errorf("stop pod %s: %v", id, err)
+	}
+	if _, err := cri.Runtime.RemovePodSandbox(ctx, &runtime.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
+		t.Errorf("remove pod %s: %v", id, err)
+	}
+}
+
+// waitCRIMemloadReady waits until memload in container id has filled its
+// memory and written its first status.
+func waitCRIMemloadReady(t *testing.T, d *harness.Daemon, id string) {
+	t.Helper()
+	status := filepath.Join(d.CRIRootfsPath(id), "status.json")
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		st, err := workload.ReadStatus(status)
+		if err == nil && st.Counter > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("memload in CRI container %s never reported: %v", id, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// queryCRIMemload has memload verify its memory, through CRI's ExecSync
+// of `memload query` (what `kubectl exec` ends in).
+func queryCRIMemload(t *testing.T, ctx context.Context, cri *harness.CRIClient, id string) workload.Status {
+	t.Helper()
+	resp, err := cri.Runtime.ExecSync(ctx, &runtime.ExecSyncRequest{
+		ContainerId: id, Cmd: []string{"/" + harness.MemloadBinary, "query"}, Timeout: 120,
+	})
+	if err != nil {
+		t.Fatalf("exec memload query in %s: %v", id, err)
+	}
+	if resp.ExitCode != 0 {
+		t.Fatalf("memload query in %s exited %d: %s", id, resp.ExitCode, resp.Stderr)
+	}
+	st, err := workload.ParseStatus(resp.Stdout)
+	if err != nil {
+		t.Fatalf("memload query in %s: %v: %q", id, err, resp.Stdout)
+	}
+	return st
+}
+
+// criContainerState is the container's state as CRI reports it.
+func criContainerState(t *testing.T, ctx context.Context, cri *harness.CRIClient, id string) runtime.ContainerState {
+	t.Helper()
+	st, err := cri.Runtime.ContainerStatus(ctx, &runtime.ContainerStatusRequest{ContainerId: id})
+	if err != nil {
+		t.Fatalf("status of container %s: %v", id, err)
+	}
+	return st.GetStatus().GetState()
+}
+
+func requireCRIState(t *testing.T, ctx context.Context, cri *harness.CRIClient, id string, want runtime.ContainerState) {
+	t.Helper()
+	if got := criContainerState(t, ctx, cri, id); got != want {
+		t.Fatalf("container %s is %s, want %s", id, got, want)
+	}
+}
+
+// checkpointctl runs checkpointctl, the tool Kubernetes users read
+// checkpoint archives with, and returns its standard output.
+func checkpointctl(t *testing.T, ctx context.Context, args ...string) string {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, "checkpointctl", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("checkpointctl %s: %v: %s%s", strings.Join(args, " "), err, out, stderr.Bytes())
+	}
+	return string(out)
+}
+
+func mustContain(t *testing.T, what, s string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(s, w) {
+			t.Errorf("%s does not mention %q:\n%s", what, w, s)
+		}
+	}
+}
+
+// criTask is the containerd task of CRI container id.
+func criTask(t *testing.T, ctx context.Context, d *harness.Daemon, id string) containerd.Task {
+	t.Helper()
+	ctx = namespaces.WithNamespace(ctx, harness.CRINamespace)
+	ctr, err := d.Client().LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := ctr.Task(ctx, nil)
+	if err != nil {
+		t.Fatalf("task of %s: %v", id, err)
+	}
+	return task
+}
+
+// requireCRITaskStatus checks the status of CRI container id's task,
+// which tells paused from running (CRI does not).
+func requireCRITaskStatus(t *testing.T, ctx context.Context, d *harness.Daemon, id string, want containerd.ProcessStatus) {
+	t.Helper()
+	st, err := criTask(t, ctx, d, id).Status(namespaces.WithNamespace(ctx, harness.CRINamespace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status != want {
+		t.Fatalf("task of %s is %s, want %s", id, st.Status, want)
+	}
+}
+
+func requireNoFile(t *testing.T, path string) {
+	t.Helper()
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%s: %v, want it not to exist", path, err)
+	}
+}
