@@ -248,16 +248,7 @@ func mustContain(t *testing.T, what, s string, wants ...string) {
 // criTask is the containerd task of CRI container id.
 func criTask(t *testing.T, ctx context.Context, d *harness.Daemon, id string) containerd.Task {
 	t.Helper()
-	ctx = namespaces.WithNamespace(ctx, harness.CRINamespace)
-	ctr, err := d.Client().LoadContainer(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	task, err := ctr.Task(ctx, nil)
-	if err != nil {
-		t.Fatalf("task of %s: %v", id, err)
-	}
-	return task
+	return loadTask(t, namespaces.WithNamespace(ctx, harness.CRINamespace), d, id)
 }
 
 // requireCRITaskStatus checks the status of CRI container id's task,
