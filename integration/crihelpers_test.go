@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -79,24 +78,13 @@ func startCRIDaemon(t *testing.T) (*harness.Daemon, *harness.CRIClient) {
 	return d, cri
 }
 
-// criPod is a pod sandbox with one memload container, as the kubelet
-// would make them: host network (no CNI here), the container in its own
-// pid namespace (Kubernetes' default without shareProcessNamespace) and
-// the pod's IPC namespace.
-type criPod struct {
-	ID, ContainerID string
-	config          *runtime.PodSandboxConfig
-}
+// criPod is a pod sandbox with one memload container (see
+// harness.MemloadPod).
+type criPod = harness.MemloadPod
 
 // criAnnotations are annotations on a pod and on its container; the
 // handlers pass io.precopy.* of both to the shim.
 type criAnnotations struct{ pod, container map[string]string }
-
-var criNamespaces = &runtime.NamespaceOption{
-	Network: runtime.NamespaceMode_NODE,
-	Pid:     runtime.NamespaceMode_CONTAINER,
-	Ipc:     runtime.NamespaceMode_POD,
-}
 
 // runCRIMemload runs memload in a new pod on handler and waits until it
 // reports; the pod goes when t ends.
@@ -106,101 +94,47 @@ func runCRIMemload(t *testing.T, ctx context.Context, d *harness.Daemon, cri *ha
 	if _, err := cri.Runtime.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: pod.ContainerID}); err != nil {
 		t.Fatalf("start container %s: %v", name, err)
 	}
-	waitCRIMemloadReady(t, d, pod.ContainerID)
+	if err := d.WaitCRIMemload(ctx, pod.ContainerID); err != nil {
+		t.Fatal(err)
+	}
 	return pod
 }
 
 // createCRIMemload runs a pod and creates (not starts) its memload
-// container.
+// container; the pod goes when t ends.
 func createCRIMemload(t *testing.T, ctx context.Context, d *harness.Daemon, cri *harness.CRIClient, name, handler string, a criAnnotations, args ...string) criPod {
 	t.Helper()
-	config := &runtime.PodSandboxConfig{
-		Metadata:     &runtime.PodSandboxMetadata{Name: name, Uid: fmt.Sprintf("%s-%d", name, time.Now().UnixNano()), Namespace: "default"},
-		LogDirectory: t.TempDir(),
-		Annotations:  a.pod,
-		Linux: &runtime.LinuxPodSandboxConfig{
-			CgroupParent:    d.CRICgroupParent(),
-			SecurityContext: &runtime.LinuxSandboxSecurityContext{NamespaceOptions: criNamespaces},
-		},
-	}
-	run, err := cri.Runtime.RunPodSandbox(ctx, &runtime.RunPodSandboxRequest{Config: config, RuntimeHandler: handler})
-	if err != nil {
-		t.Fatalf("run pod %s on %s: %v", name, handler, err)
-	}
-	pod := criPod{ID: run.PodSandboxId, config: config}
-	t.Cleanup(func() { removeCRIPod(t, cri, pod.ID) })
 	if len(args) == 0 {
 		args = memloadArgs
 	}
-	created, err := cri.Runtime.CreateContainer(ctx, &runtime.CreateContainerRequest{
-		PodSandboxId: pod.ID,
-		Config: &runtime.ContainerConfig{
-			Metadata:    &runtime.ContainerMetadata{Name: "memload"},
-			Image:       &runtime.ImageSpec{Image: harness.MemloadImage},
-			Command:     []string{"/" + harness.MemloadBinary},
-			Args:        args,
-			LogPath:     "memload.log",
-			Annotations: a.container,
-			Linux: &runtime.LinuxContainerConfig{
-				SecurityContext: &runtime.LinuxContainerSecurityContext{NamespaceOptions: criNamespaces},
-			},
-		},
-		SandboxConfig: config,
+	pod, err := d.CreateMemloadPod(ctx, cri, harness.MemloadPodSpec{
+		Name: name, Handler: handler, PodAnnotations: a.pod, ContainerAnnotations: a.container,
+		Args: args, LogDir: t.TempDir(),
 	})
-	if err != nil {
-		t.Fatalf("create container in pod %s: %v", name, err)
+	if pod.ID != "" {
+		t.Cleanup(func() { removeCRIPod(t, cri, pod.ID) })
 	}
-	pod.ContainerID = created.ContainerId
+	if err != nil {
+		t.Fatal(err)
+	}
 	return pod
 }
 
-// removeCRIPod stops and removes a pod with its containers, as the
-// kubelet does when a pod is deleted.
+// removeCRIPod stops and removes a pod with its containers.
 func removeCRIPod(t *testing.T, cri *harness.CRIClient, id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := cri.Runtime.StopPodSandbox(ctx, &runtime.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
-		t.Errorf("stop pod %s: %v", id, err)
-	}
-	if _, err := cri.Runtime.RemovePodSandbox(ctx, &runtime.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
-		t.Errorf("remove pod %s: %v", id, err)
+	if err := cri.RemovePod(ctx, id); err != nil {
+		t.Error(err)
 	}
 }
 
-// waitCRIMemloadReady waits until memload in container id has filled its
-// memory and written its first status.
-func waitCRIMemloadReady(t *testing.T, d *harness.Daemon, id string) {
-	t.Helper()
-	status := filepath.Join(d.CRIRootfsPath(id), "status.json")
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		st, err := workload.ReadStatus(status)
-		if err == nil && st.Counter > 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("memload in CRI container %s never reported: %v", id, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// queryCRIMemload has memload verify its memory, through CRI's ExecSync
-// of `memload query` (what `kubectl exec` ends in).
+// queryCRIMemload has memload verify its memory, through CRI's ExecSync.
 func queryCRIMemload(t *testing.T, ctx context.Context, cri *harness.CRIClient, id string) workload.Status {
 	t.Helper()
-	resp, err := cri.Runtime.ExecSync(ctx, &runtime.ExecSyncRequest{
-		ContainerId: id, Cmd: []string{"/" + harness.MemloadBinary, "query"}, Timeout: 120,
-	})
+	st, err := cri.CRIMemload(ctx, id, "query")
 	if err != nil {
-		t.Fatalf("exec memload query in %s: %v", id, err)
-	}
-	if resp.ExitCode != 0 {
-		t.Fatalf("memload query in %s exited %d: %s", id, resp.ExitCode, resp.Stderr)
-	}
-	st, err := workload.ParseStatus(resp.Stdout)
-	if err != nil {
-		t.Fatalf("memload query in %s: %v: %q", id, err, resp.Stdout)
+		t.Fatal(err)
 	}
 	return st
 }

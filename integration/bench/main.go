@@ -31,6 +31,9 @@ import (
 type scenario struct {
 	args        []string
 	annotations map[string]string
+	// cri: checkpoint through containerd's CRI plugin (CheckpointContainer,
+	// as the kubelet), not as ctr does.
+	cri bool
 }
 
 // scenarios are the workloads the bench knows.
@@ -41,6 +44,9 @@ var scenarios = map[string]scenario{
 	"write-all-256m": {args: []string{"-mib", "256", "-dirty-mibps", "4096", "-hot", "1"}},
 	// precopy thaws the container right after its final dump (opted in:
 	// the workload's rootfs is writable).
+	// Both through the CRI plugin: stock runc-v2 and precopy's shim as
+	// runtime_path of a runc-v2 handler (install path (a) in the README).
+	"cri-low-dirty-256m": {args: []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"}, cri: true},
 	"low-dirty-256m-early-thaw": {
 		args:        []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"},
 		annotations: map[string]string{policy.AnnotationEarlyThaw: string(policy.EarlyThawForce)},
@@ -80,7 +86,13 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 	if ok, why := harness.SoftDirty(ctx); !ok {
 		return fmt.Errorf("%s (make bench runs in the soft-dirty VM)", why)
 	}
-	env, err := harness.Setup(ctx, "precopy-bench")
+	var env *harness.Env
+	var err error
+	if sc.cri {
+		env, err = harness.SetupCRI(ctx, "precopy-bench", criHandlers)
+	} else {
+		env, err = harness.Setup(ctx, "precopy-bench")
+	}
 	if err != nil {
 		return err
 	}
@@ -88,42 +100,51 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 	d := env.Daemon
 	ctx = d.Context(ctx)
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	fmt.Printf("bench %s: memload %s; precopy annotations %v; kernel %s; %d runs per configuration, alternating; %s\n",
-		name, strings.Join(sc.args, " "), sc.annotations, strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))
+	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %v; kernel %s; %d runs per configuration, alternating; %s\n",
+		name, strings.Join(sc.args, " "), sc.annotations, sc.cri, strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))
+
+	measure := func(id string, precopy bool, args []string) (harness.Measurement, error) {
+		return measureCtr(ctx, d, id, precopy, args, sc.annotations)
+	}
+	if sc.cri {
+		cri, err := d.CRI()
+		if err != nil {
+			return err
+		}
+		defer cri.Close()
+		measure = func(id string, precopy bool, args []string) (harness.Measurement, error) {
+			spec := harness.MemloadPodSpec{Name: id, Handler: criStockHandler, Args: args}
+			if precopy {
+				spec.Handler, spec.ContainerAnnotations = criPrecopyHandler, sc.annotations
+			}
+			return harness.MeasureCRICheckpoint(ctx, d, cri, spec)
+		}
+	}
 
 	// The first dump after boot pays kernel-module autoload (conntrack
 	// netlink, x_tables, nf_tables) and CRIU's kerndat probe: warm both
 	// shims up on a small workload first, unmeasured.
-	for _, runtime := range []string{precopyshim.RuncRuntime, precopyshim.Runtime} {
-		id := "warm-up-" + strings.ReplaceAll(runtime, ".", "-")
-		warm := harness.CheckpointRun{ID: id, Runtime: runtime, Ref: "precopy.bench/" + id + ":1", Args: []string{"-mib", "16"}}
-		if _, err := harness.MeasureCheckpoint(ctx, d, warm); err != nil {
-			return fmt.Errorf("warm-up on %s: %w", runtime, err)
-		}
-		if err := d.RemoveImage(ctx, "precopy.bench/"+id+":1"); err != nil {
-			return err
+	for _, precopy := range []bool{false, true} {
+		if _, err := measure(fmt.Sprintf("warm-up-%v", precopy), precopy, []string{"-mib", "16"}); err != nil {
+			return fmt.Errorf("warm-up (precopy %v): %w", precopy, err)
 		}
 	}
 
 	var stock, pc []harness.Measurement
 	for i := 1; i <= runs; i++ {
-		for _, runtime := range []string{precopyshim.RuncRuntime, precopyshim.Runtime} {
-			id := fmt.Sprintf("bench-%d-%s", i, strings.ReplaceAll(runtime, ".", "-"))
-			ref := "precopy.bench/" + id + ":1"
-			cr := harness.CheckpointRun{ID: id, Runtime: runtime, Ref: ref, Args: sc.args, LogDir: *logDir}
-			if runtime == precopyshim.Runtime {
-				cr.Annotations = sc.annotations
+		for _, precopy := range []bool{false, true} {
+			runtime := precopyshim.RuncRuntime
+			if precopy {
+				runtime = precopyshim.Runtime
 			}
-			m, err := harness.MeasureCheckpoint(ctx, d, cr)
+			id := fmt.Sprintf("bench-%d-%s", i, strings.ReplaceAll(runtime, ".", "-"))
+			m, err := measure(id, precopy, sc.args)
 			if err != nil {
 				return fmt.Errorf("run %d on %s: %w", i, runtime, err)
 			}
-			if err := d.RemoveImage(ctx, ref); err != nil {
-				return err
-			}
 			fmt.Printf("run=%d runtime=%s pause_ms=%.0f final_dump_ms=%.0f checkpoint_ms=%.0f rounds=%d%s\n",
-				i, runtime, ms(m.Pause), ms(m.FinalDump), ms(m.Wall), m.Rounds(), details(m))
-			if runtime == precopyshim.Runtime {
+				i, m.Runtime, ms(m.Pause), ms(m.FinalDump), ms(m.Wall), m.Rounds(), details(m))
+			if precopy {
 				pc = append(pc, m)
 			} else {
 				stock = append(stock, m)
@@ -161,6 +182,36 @@ func details(m harness.Measurement) string {
 		s += fmt.Sprintf(" fell_back=%q", r.FellBack)
 	}
 	return s
+}
+
+// measureCtr checkpoints the workload as `ctr c checkpoint --task --rw`
+// does, on stock runc-v2 or precopy, and removes the image.
+func measureCtr(ctx context.Context, d *harness.Daemon, id string, precopy bool, args []string, annotations map[string]string) (harness.Measurement, error) {
+	cr := harness.CheckpointRun{ID: id, Runtime: precopyshim.RuncRuntime, Ref: "precopy.bench/" + id + ":1", Args: args, LogDir: *logDir}
+	if precopy {
+		cr.Runtime, cr.Annotations = precopyshim.Runtime, annotations
+	}
+	m, err := harness.MeasureCheckpoint(ctx, d, cr)
+	if err != nil {
+		return m, err
+	}
+	return m, d.RemoveImage(ctx, cr.Ref)
+}
+
+// The CRI scenarios' runtime handlers: stock runc-v2, and precopy's shim
+// in its place (runtime type io.containerd.runc.v2, so that the CRI plugin
+// sends runc's checkpoint options and packs CRIU's statistics).
+const (
+	criStockHandler   = "runc"
+	criPrecopyHandler = "precopy-runc"
+)
+
+func criHandlers(b harness.Binaries) []harness.CRIHandler {
+	return []harness.CRIHandler{
+		{Name: criStockHandler, RuntimeType: precopyshim.RuncRuntime, RuncOptions: true},
+		{Name: criPrecopyHandler, RuntimeType: precopyshim.RuncRuntime, RuntimePath: b.Path(harness.ShimBinary),
+			RuncOptions: true, Annotations: []string{policy.AnnotationPrefix + "*"}},
+	}
 }
 
 func pause(m harness.Measurement) float64     { return ms(m.Pause) }
