@@ -30,6 +30,10 @@ import (
 // follows (a user's `ctr task pause`) must not hold their memory forever.
 const discardAfter = 2 * time.Minute
 
+// warnCopiedMerge logs once per shim that final merges cannot take the
+// rounds over.
+var warnCopiedMerge sync.Once
+
 // minRoundsTime is the least time worth starting pre-copy with under a
 // caller's deadline: about one first round of a mid-sized container.
 const minRoundsTime = 2 * time.Second
@@ -306,7 +310,14 @@ func (s *Service) checkpointWithParent(ctx context.Context, c *container, r *tas
 	// The rounds are discarded after this, so the final flatten may take
 	// over the last round's pages instead of copying them, where the page
 	// layout allows.
-	if _, err := imagechain.FlattenConsuming(r.Path); err != nil {
+	res, err := imagechain.FlattenConsuming(r.Path)
+	if res.TakeoverRefused != "" {
+		// The merge copied the whole memory inside the pause; say why once.
+		warnCopiedMerge.Do(func() {
+			log.G(ctx).WithField("why", res.TakeoverRefused).Warn("precopy: the final merge copies the rounds' pages instead of taking them over; put containerd's checkpoint temp dir ($XDG_RUNTIME_DIR or $TMPDIR) on the filesystem of its state dir (see README)")
+		})
+	}
+	if err != nil {
 		// The image still points at rounds about to be discarded (and
 		// may need pages the takeover rewrote): it must not be handed out.
 		return oneShot(fmt.Errorf("flatten final image: %w", err))

@@ -67,6 +67,8 @@ type takeover struct {
 	// its bytes come from ancestors (the rest are dir's own).
 	tail       copyPlan
 	tailCopied int64
+	// refused is why write could not take the parent's file over.
+	refused error
 }
 
 // patchOp copies n bytes at off of src to dstOff of the new pages file.
@@ -157,10 +159,12 @@ walk:
 func (t *takeover) write(r *replacement, final string) (bool, error) {
 	tmp := filepath.Join(r.dir, tempPrefix+final+".takeover")
 	if err := os.Link(t.base.Name(), tmp); err != nil {
+		t.refused = err
 		return false, nil
 	}
 	f, err := os.OpenFile(tmp, os.O_WRONLY, 0)
 	if err != nil {
+		t.refused = err
 		os.Remove(tmp)
 		return false, nil
 	}

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // writeSameLayoutChain builds a flat d1 and a d2 listing exactly d1's pages
@@ -197,4 +199,39 @@ func TestFlattenConsumingErrorKeepsChain(t *testing.T) {
 	}
 	got := map[string]map[uint64]uint64{"pagemap-1.img": memoryOf(t, d2, "pagemap-1.img")}
 	sameMemory(t, got, map[string]map[uint64]uint64{"pagemap-1.img": want})
+}
+
+// A parent on another filesystem cannot be hard linked: the pagemap is
+// copied, and the result says why.
+func TestFlattenConsumingAcrossFilesystemsCopies(t *testing.T) {
+	shm, err := os.MkdirTemp("/dev/shm", "imagechain-")
+	if err != nil {
+		t.Skipf("no /dev/shm: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shm) })
+	root := t.TempDir()
+	var a, b unix.Stat_t
+	if unix.Stat(shm, &a) != nil || unix.Stat(root, &b) != nil || a.Dev == b.Dev {
+		t.Skip("/dev/shm and the test's temp dir are on one filesystem")
+	}
+	d1 := filepath.Join(shm, "d1")
+	writeFakeDir(t, d1, "d1", "",
+		fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x100, 8, pe}}})
+	d2 := filepath.Join(root, "d2")
+	writeFakeDir(t, d2, "d2", d1,
+		fakePagemap{name: "pagemap-1.img", pagesID: 2, entries: []fakeEntry{{0x100, 1, pe}, {0x101, 7, par}}})
+	want := memoryOfDir(t, d2)
+	res, err := FlattenConsuming(d2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.PagesTakenOver != 0 || res.PagesCopied != 7 || res.TakeoverRefused == "" {
+		t.Errorf("result %+v, want a copy with the reason", res)
+	}
+	t.Log(res.TakeoverRefused)
+	checkFlat(t, d2)
+	if err := os.RemoveAll(d1); err != nil {
+		t.Fatal(err)
+	}
+	sameMemory(t, memoryOfDir(t, d2), want)
 }

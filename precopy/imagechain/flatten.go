@@ -33,7 +33,11 @@ type Result struct {
 	// the new one, with dir's own pages written over it in place.
 	PagesTakenOver uint64
 	// Duration is the wall time Flatten took.
-	Duration time.Duration
+	// TakeoverRefused (FlattenConsuming only) says why a parent's pages
+	// file could not be taken over and was copied instead, e.g. the dir
+	// and its parent are on different filesystems (no hard link).
+	TakeoverRefused string
+	Duration        time.Duration
 }
 
 // Flatten makes image dir dir self-contained: every pagemap-*.img gets
@@ -195,6 +199,9 @@ func flattenPagemap(dir, name string, img *pagemapImage, newID uint32, c *chain,
 		if t != nil {
 			if done, err = t.write(r, pagesName(newID)); err != nil {
 				return err
+			}
+			if !done && res.TakeoverRefused == "" {
+				res.TakeoverRefused = t.refused.Error()
 			}
 		}
 		if done {
