@@ -13,7 +13,6 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
-	"github.com/containerd/errdefs"
 
 	"github.com/precopy/precopy/integration/harness"
 	"github.com/precopy/precopy/integration/workload"
@@ -109,24 +108,8 @@ func readStatusFile(d *harness.Daemon, task containerd.Task) (workload.Status, e
 func removeContainer(t *testing.T, d *harness.Daemon, id string) {
 	ctx, cancel := context.WithTimeout(d.Context(context.Background()), time.Minute)
 	defer cancel()
-	ctr, err := d.Client().LoadContainer(ctx, id)
-	if errdefs.IsNotFound(err) {
-		return
-	}
-	if err != nil {
+	if err := d.RemoveContainer(ctx, id); err != nil {
 		t.Errorf("cleanup %s: %v", id, err)
-		return
-	}
-	if task, err := ctr.Task(ctx, nil); err == nil {
-		if st, err := task.Status(ctx); err == nil && st.Status == containerd.Paused {
-			task.Resume(ctx)
-		}
-		if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-			t.Errorf("cleanup task %s: %v", id, err)
-		}
-	}
-	if err := ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
-		t.Errorf("cleanup container %s: %v", id, err)
 	}
 }
 

@@ -14,8 +14,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/containerd/api/services/tasks/v1"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 )
 
 // Options configure a private containerd.
@@ -255,8 +257,11 @@ func removeContainers(ctx context.Context, c *containerd.Client, list ...contain
 			if st, err := task.Status(ctx); err == nil && st.Status == containerd.Paused {
 				task.Resume(ctx)
 			}
+			fifos := taskFIFOs(ctx, c, ctr.ID())
 			if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil {
 				errs = append(errs, fmt.Errorf("delete task %s: %w", ctr.ID(), err))
+			} else {
+				errs = append(errs, removeFIFOs(fifos))
 			}
 		}
 		if err := ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
@@ -264,6 +269,56 @@ func removeContainers(ctx context.Context, c *containerd.Client, list ...contain
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// taskFIFOs are the stdio FIFOs of container id's task. A task loaded
+// without its IO (as removal loads it) does not remove them on delete, and
+// the clients (ctr, containerd's Go client) make them under the machine-wide
+// /run/containerd/fifo.
+func taskFIFOs(ctx context.Context, c *containerd.Client, id string) []string {
+	resp, err := c.TaskService().Get(ctx, &tasks.GetRequest{ContainerID: id})
+	if err != nil || resp.Process == nil {
+		return nil
+	}
+	var fifos []string
+	for _, p := range []string{resp.Process.Stdin, resp.Process.Stdout, resp.Process.Stderr} {
+		if p != "" && !strings.Contains(p, "://") { // not a log URI
+			fifos = append(fifos, p)
+		}
+	}
+	return fifos
+}
+
+// removeFIFOs removes fifos and their directory once it is empty: each
+// FIFO set has a directory of its own.
+func removeFIFOs(fifos []string) error {
+	var errs []error
+	dirs := map[string]bool{}
+	for _, f := range fifos {
+		if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, err)
+		}
+		dirs[filepath.Dir(f)] = true
+	}
+	for dir := range dirs {
+		if err := os.Remove(dir); err != nil && !os.IsNotExist(err) && !errors.Is(err, syscall.ENOTEMPTY) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RemoveContainer kills and deletes container id, its task, snapshot and
+// stdio FIFOs, if it is still there.
+func (d *Daemon) RemoveContainer(ctx context.Context, id string) error {
+	ctr, err := d.client.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load container %s: %w", id, err)
+	}
+	return removeContainers(ctx, d.client, ctr)
 }
 
 // killProcessesMentioning kills every process whose command line mentions
