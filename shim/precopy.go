@@ -261,16 +261,12 @@ func (s *Service) checkpointWithParent(ctx context.Context, c *container, r *tas
 		return fmt.Errorf("parent of %s: %w", r.Path, err)
 	}
 	opts.ParentPath = parent
-	// The final dump's statistics land in CRIU's work dir, which the runc
-	// shim deletes unless the caller chose one.
-	if opts.WorkPath == "" {
-		opts.WorkPath = filepath.Join(chain.Dir, "final-work")
-	}
-	any, err := typeurl.MarshalAnyToProto(opts)
+	// opts.WorkPath is set (Checkpoint sees to it): the final dump's
+	// statistics are read from there.
+	withParent, err := withOptions(r, opts)
 	if err != nil {
 		return err
 	}
-	withParent := &taskAPI.CheckpointTaskRequest{ID: r.ID, Path: r.Path, Options: any}
 	// Redone one-shot when the container still runs (leave-running): a
 	// checkpoint that exits the container cannot be taken twice.
 	oneShot := func(err error) error {
@@ -388,4 +384,13 @@ func (s *Service) pids(ctx context.Context, id string) ([]int, error) {
 		pids[i] = int(p.Pid)
 	}
 	return pids, nil
+}
+
+// withOptions is checkpoint request r with runc's checkpoint options opts.
+func withOptions(r *taskAPI.CheckpointTaskRequest, opts *options.CheckpointOptions) (*taskAPI.CheckpointTaskRequest, error) {
+	any, err := typeurl.MarshalAnyToProto(opts)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint options: %w", err)
+	}
+	return &taskAPI.CheckpointTaskRequest{ID: r.ID, Path: r.Path, Options: any}, nil
 }

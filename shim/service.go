@@ -194,11 +194,10 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 		}
 		defer os.RemoveAll(work)
 		opts.WorkPath = work
-		any, err := typeurl.MarshalAnyToProto(&opts)
-		if err != nil {
+		var err error
+		if r, err = withOptions(r, &opts); err != nil {
 			return nil, errgrpc.ToGRPC(err)
 		}
-		r = &taskAPI.CheckpointTaskRequest{ID: r.ID, Path: r.Path, Options: any}
 		defer keepCRIULog(ctx, work, r.Path)
 	}
 	chain, report := c.takeChain()

@@ -143,7 +143,7 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 				return fmt.Errorf("run %d on %s: %w", i, runtime, err)
 			}
 			fmt.Printf("run=%d runtime=%s pause_ms=%.0f final_dump_ms=%.0f checkpoint_ms=%.0f rounds=%d%s\n",
-				i, m.Runtime, ms(m.Pause), ms(m.FinalDump), ms(m.Wall), m.Rounds(), details(m))
+				i, m.Runtime, ms(m.Pause), ms(m.FinalDump()), ms(m.Wall), m.Rounds(), details(m))
 			if precopy {
 				pc = append(pc, m)
 			} else {
@@ -215,7 +215,7 @@ func criHandlers(b harness.Binaries) []harness.CRIHandler {
 }
 
 func pause(m harness.Measurement) float64     { return ms(m.Pause) }
-func finalDump(m harness.Measurement) float64 { return ms(m.FinalDump) }
+func finalDump(m harness.Measurement) float64 { return ms(m.FinalDump()) }
 func rounds(m harness.Measurement) float64    { return float64(m.Rounds()) }
 
 func values(ms []harness.Measurement, f func(harness.Measurement) float64) []float64 {

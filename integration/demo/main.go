@@ -103,7 +103,7 @@ func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
 	fmt.Printf("\nresult: pause the workload perceived: one-shot %.0f ms, precopy %.0f ms (%.2f×), precopy with early thaw %.0f ms (%.2f×); CRIU's final dump: %.0f ms vs %.0f ms (%.2f×); %d rounds; restore verified\n",
 		ms(stock.Pause), ms(pc.Pause), float64(pc.Pause)/float64(stock.Pause),
 		ms(thawed.Pause), float64(thawed.Pause)/float64(stock.Pause),
-		ms(stock.FinalDump), ms(pc.FinalDump), float64(pc.FinalDump)/float64(stock.FinalDump), pc.Rounds())
+		ms(stock.FinalDump()), ms(pc.FinalDump()), float64(pc.FinalDump())/float64(stock.FinalDump()), pc.Rounds())
 	return nil
 }
 
@@ -121,7 +121,7 @@ func (x demo) checkpointAnnotated(ctx context.Context, id, runtime string, annot
 	}
 	fmt.Printf("   checkpoint (pause, checkpoint --rw, resume)  %7.0f ms\n", ms(m.Wall))
 	fmt.Printf("   pause the workload perceived:               %7.0f ms\n", ms(m.Pause))
-	fmt.Printf("   CRIU final dump froze it:                   %7.0f ms\n", ms(m.FinalDump))
+	fmt.Printf("   CRIU final dump froze it:                   %7.0f ms\n", ms(m.FinalDump()))
 	return m, nil
 }
 

@@ -89,11 +89,17 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	return writeFrom(dst, in, os.O_TRUNC, 0o755)
+}
+
+// writeFrom creates dst (with flag added to O_CREATE|O_WRONLY, and mode)
+// and copies r into it.
+func writeFrom(dst string, r io.Reader, flag int, mode os.FileMode) error {
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|flag, mode)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
+	if _, err := io.Copy(out, r); err != nil {
 		out.Close()
 		return err
 	}

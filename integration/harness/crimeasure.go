@@ -80,7 +80,6 @@ func MeasureCRICheckpoint(ctx context.Context, d *Daemon, cri *CRIClient, spec M
 	if m.Final, err = precopy.ReadDumpStats(statsDir); err != nil {
 		return m, err
 	}
-	m.FinalDump = m.Final.Pause()
 	return m, nil
 }
 
@@ -106,14 +105,6 @@ func extractEntry(archive, name, dir string) error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
-		out, err := os.Create(filepath.Join(dir, name))
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(out, tr); err != nil {
-			out.Close()
-			return err
-		}
-		return out.Close()
+		return writeFrom(filepath.Join(dir, name), tr, os.O_TRUNC, 0o600)
 	}
 }

@@ -25,8 +25,6 @@ type Measurement struct {
 	Runtime string
 	// Pause is the longest gap the workload perceived in its loop.
 	Pause time.Duration
-	// FinalDump is CRIU's freezing + frozen time of the final dump.
-	FinalDump time.Duration
 	// Final is CRIU's statistics of the final dump.
 	Final precopy.Round
 	// Wall is the checkpoint call (pause to resume).
@@ -36,6 +34,9 @@ type Measurement struct {
 	// Before is the workload's status before the checkpoint.
 	Before workload.Status
 }
+
+// FinalDump is CRIU's freezing + frozen time of the final dump.
+func (m Measurement) FinalDump() time.Duration { return m.Final.Pause() }
 
 // Rounds is how many pre-copy rounds ran.
 func (m Measurement) Rounds() int {
@@ -133,7 +134,6 @@ func MeasureCheckpoint(ctx context.Context, d *Daemon, run CheckpointRun) (m Mea
 	if err != nil {
 		return m, err
 	}
-	m.FinalDump = final.Pause()
 	m.Final = final
 	if run.LogDir != "" {
 		if err := copyFile(filepath.Join(work, "dump.log"), filepath.Join(run.LogDir, id+"-dump.log")); err != nil {

@@ -121,10 +121,9 @@ func TestDecodeRejectsBadImages(t *testing.T) {
 	}
 }
 
-// BenchmarkPagemapCodec writes and reads a fragmented pagemap: one entry
-// per page, alternately present and in parent.
-func BenchmarkPagemapCodec(b *testing.B) {
-	const n = 100000
+// fragmentedPagemap has n one-page entries, alternately present and in
+// parent.
+func fragmentedPagemap(n int) *pagemapImage {
 	img := &pagemapImage{pagesID: 1}
 	for i := range n {
 		flags := par
@@ -133,6 +132,13 @@ func BenchmarkPagemapCodec(b *testing.B) {
 		}
 		img.entries = append(img.entries, entry{vaddr: uint64(0x10000+2*i) * pageSize, pages: 1, flags: flags})
 	}
+	return img
+}
+
+// BenchmarkPagemapCodec writes and reads a fragmented pagemap: one entry
+// per page, alternately present and in parent.
+func BenchmarkPagemapCodec(b *testing.B) {
+	img := fragmentedPagemap(100000)
 	path := filepath.Join(b.TempDir(), "pagemap-1.img")
 	for b.Loop() {
 		f, err := os.Create(path)
@@ -151,15 +157,7 @@ func BenchmarkPagemapCodec(b *testing.B) {
 
 // BenchmarkPagemapCodecCrit is the same through crit, for comparison.
 func BenchmarkPagemapCodecCrit(b *testing.B) {
-	const n = 100000
-	img := &pagemapImage{pagesID: 1}
-	for i := range n {
-		flags := par
-		if i%2 == 0 {
-			flags = pel
-		}
-		img.entries = append(img.entries, entry{vaddr: uint64(0x10000+2*i) * pageSize, pages: 1, flags: flags})
-	}
+	img := fragmentedPagemap(100000)
 	path := filepath.Join(b.TempDir(), "pagemap-1.img")
 	for b.Loop() {
 		critEncode(b, path, img)
