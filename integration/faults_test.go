@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -66,6 +67,57 @@ func criuPids() []int {
 	return pids
 }
 
+// killDumpingCRIU SIGKILLs the CRIU that pre-dumps the process pid and
+// returns its pid. runc also starts short-lived `criu swrk` processes
+// that only answer a version request, so "the first swrk seen" is not
+// the dumper: the dumper is the tracer of the workload while the round
+// has it seized, or failing that a swrk that has lived for half a second
+// (a version probe is gone long before). It gives up when paused (the
+// Pause doing the rounds) returns first.
+func killDumpingCRIU(pid int, paused <-chan error) (int, error) {
+	firstSeen := map[int]time.Time{}
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		select {
+		case err := <-paused:
+			return 0, fmt.Errorf("the pause returned (%v) before its first round's CRIU could be killed", err)
+		default:
+		}
+		var victims []int
+		if tracer := tracerPid(pid); tracer > 0 {
+			victims = append(victims, tracer)
+		}
+		for _, p := range criuPids() {
+			if _, ok := firstSeen[p]; !ok {
+				firstSeen[p] = time.Now()
+			}
+			if time.Since(firstSeen[p]) >= 500*time.Millisecond {
+				victims = append(victims, p)
+			}
+		}
+		for _, v := range victims {
+			if err := syscall.Kill(v, syscall.SIGKILL); err == nil {
+				return v, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("no CRIU dumped process %d within a minute", pid)
+}
+
+// tracerPid is the TracerPid of process pid (0 when untraced or gone).
+func tracerPid(pid int) int {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "TracerPid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}
+
 // checkpointPaused checkpoints the paused container id into ref as ctr
 // does between its Pause and Resume, and returns the error.
 func checkpointPaused(ctx context.Context, d *harness.Daemon, id, ref string) error {
@@ -89,18 +141,11 @@ func TestPreCopyCRIUKilledMidRound(t *testing.T) {
 	before := queryMemload(t, ctx, task)
 
 	paused := pauseAsync(ctx, task)
-	var killed int
-	waitFor(t, "the first round's CRIU", func() bool {
-		if pids := criuPids(); len(pids) > 0 {
-			killed = pids[0]
-			return true
-		}
-		return false
-	})
-	time.Sleep(200 * time.Millisecond) // into the dump
-	if err := syscall.Kill(killed, syscall.SIGKILL); err != nil {
-		t.Logf("kill CRIU %d: %v (it may have finished)", killed, err)
+	killed, err := killDumpingCRIU(int(task.Pid()), paused)
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Logf("killed CRIU %d", killed)
 	if err := <-paused; err != nil {
 		t.Fatalf("pause after CRIU was killed: %v", err)
 	}
