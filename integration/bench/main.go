@@ -166,6 +166,9 @@ func details(m harness.Measurement) string {
 	f := m.Final
 	s := fmt.Sprintf(" final=[freezing=%.0f frozen=%.0f memdump=%.0f memwrite=%.0f written=%d skipped_parent=%d]",
 		ms(f.Freezing), ms(f.Frozen), ms(f.MemDump), ms(f.MemWrite), f.PagesWritten, f.PagesSkippedParent)
+	c := m.Calls
+	s += fmt.Sprintf(" calls=[pause=%.0f checkpoint=%.0f shim=%.0f daemon=%.0f resume=%.0f]",
+		ms(c.Pause), ms(c.Checkpoint), ms(c.Shim), ms(c.Daemon), ms(c.Resume))
 	r := m.Report
 	if r == nil {
 		return s

@@ -29,10 +29,25 @@ type Measurement struct {
 	Final precopy.Round
 	// Wall is the checkpoint call (pause to resume).
 	Wall time.Duration
+	// Calls splits Wall into the client's calls.
+	Calls Calls
 	// Report is precopy's report, nil for the stock shim.
 	Report *precopy.Report
 	// Before is the workload's status before the checkpoint.
 	Before workload.Status
+}
+
+// Calls is how long each client call of a checkpoint took. The
+// Checkpoint call is split at the TaskCheckpointed event the shim
+// publishes when its checkpoint is done: before it, the shim's dump (and
+// precopy's merge); after it, the daemon's tar and content write of the
+// image, the rw-layer diff and the image record. With a pausing client
+// the workload is frozen from inside Pause to the end of Resume.
+type Calls struct {
+	Pause, Checkpoint, Resume time.Duration
+	// Shim and Daemon split Checkpoint; both are zero when the event
+	// did not arrive.
+	Shim, Daemon time.Duration
 }
 
 // FinalDump is CRIU's freezing + frozen time of the final dump.
@@ -112,13 +127,27 @@ func MeasureCheckpoint(ctx context.Context, d *Daemon, run CheckpointRun) (m Mea
 	if err != nil {
 		return m, err
 	}
+	evctx, stopEvents := context.WithCancel(ctx)
+	defer stopEvents()
+	checkpointed, _ := c.Subscribe(evctx, `topic=="/tasks/checkpointed"`)
+
 	start := time.Now()
 	if err := task.Pause(ctx); err != nil {
 		return m, fmt.Errorf("pause: %w", err)
 	}
+	paused := time.Now()
 	_, cerr := ctr.Checkpoint(ctx, ref, containerd.WithCheckpointRuntime, containerd.WithCheckpointRW, keepWork, containerd.WithCheckpointTask)
+	checkpointDone := time.Now()
 	rerr := task.Resume(ctx)
 	m.Wall = time.Since(start)
+	m.Calls = Calls{Pause: paused.Sub(start), Checkpoint: checkpointDone.Sub(paused), Resume: time.Since(checkpointDone)}
+	select {
+	case ev := <-checkpointed:
+		if at := ev.Timestamp; at.After(paused) && at.Before(checkpointDone) {
+			m.Calls.Shim, m.Calls.Daemon = at.Sub(paused), checkpointDone.Sub(at)
+		}
+	case <-time.After(time.Second):
+	}
 	if cerr != nil {
 		return m, fmt.Errorf("checkpoint: %w", cerr)
 	}
