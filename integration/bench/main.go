@@ -166,9 +166,9 @@ func details(m harness.Measurement) string {
 	f := m.Final
 	s := fmt.Sprintf(" final=[freezing=%.0f frozen=%.0f memdump=%.0f memwrite=%.0f written=%d skipped_parent=%d]",
 		ms(f.Freezing), ms(f.Frozen), ms(f.MemDump), ms(f.MemWrite), f.PagesWritten, f.PagesSkippedParent)
-	c := m.Calls
-	s += fmt.Sprintf(" calls=[pause=%.0f checkpoint=%.0f shim=%.0f daemon=%.0f resume=%.0f]",
-		ms(c.Pause), ms(c.Checkpoint), ms(c.Shim), ms(c.Daemon), ms(c.Resume))
+	c, w := m.Calls, m.Window
+	s += fmt.Sprintf(" calls=[pause=%.0f checkpoint=%.0f resume=%.0f] frozen=[rw_diff=%.0f dump=%.0f merge=%.0f content=%.0f rest=%.0f] image_mib=%.1f",
+		ms(c.Pause), ms(c.Checkpoint), ms(c.Resume), ms(w.RWDiff), ms(w.Dump), ms(w.Merge), ms(w.Content), ms(w.Rest), float64(m.ImageBytes)/(1<<20))
 	r := m.Report
 	if r == nil {
 		return s

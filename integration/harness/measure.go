@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -29,26 +31,40 @@ type Measurement struct {
 	Final precopy.Round
 	// Wall is the checkpoint call (pause to resume).
 	Wall time.Duration
-	// Calls splits Wall into the client's calls.
-	Calls Calls
+	// Calls splits Wall into the client's calls, Window the frozen part.
+	Calls  Calls
+	Window Window
+	// ImageBytes is the checkpoint image's size in the content store
+	// (the blobs its index lists).
+	ImageBytes int64
 	// Report is precopy's report, nil for the stock shim.
 	Report *precopy.Report
 	// Before is the workload's status before the checkpoint.
 	Before workload.Status
 }
 
-// Calls is how long each client call of a checkpoint took. The
-// Checkpoint call is split at the TaskCheckpointed event the shim
-// publishes when its checkpoint is done: before it, the shim's dump (and
-// precopy's merge); after it, the daemon's tar and content write of the
-// image, the rw-layer diff and the image record. With a pausing client
-// the workload is frozen from inside Pause to the end of Resume.
+// Calls is how long each client call of a checkpoint took, and Window
+// splits the time the workload was frozen (from the end of Pause, when
+// it is frozen with either shim, to the end of Resume) in the order the
+// client works, as `ctr c checkpoint --task --rw` does: the rw-layer
+// diff, the shim's dump (runc and CRIU), the daemon's tar and content
+// write of the image dir (precopy's merge of the final dump comes first
+// and is in Merge), the rest (the checkpoint config, the index and image
+// record, Resume). The boundaries are the commit times the content store
+// records for the rw diff and the CRIU tar, and the modification time of
+// CRIU's stats-dump, which CRIU writes as the dump ends. A part is zero
+// when its boundary is missing.
 type Calls struct {
 	Pause, Checkpoint, Resume time.Duration
-	// Shim and Daemon split Checkpoint; both are zero when the event
-	// did not arrive.
-	Shim, Daemon time.Duration
 }
+
+// Window is where the frozen window went; see Calls.
+type Window struct {
+	RWDiff, Dump, Merge, Content, Rest time.Duration
+}
+
+// Total is the whole frozen window.
+func (w Window) Total() time.Duration { return w.RWDiff + w.Dump + w.Merge + w.Content + w.Rest }
 
 // FinalDump is CRIU's freezing + frozen time of the final dump.
 func (m Measurement) FinalDump() time.Duration { return m.Final.Pause() }
@@ -127,10 +143,6 @@ func MeasureCheckpoint(ctx context.Context, d *Daemon, run CheckpointRun) (m Mea
 	if err != nil {
 		return m, err
 	}
-	evctx, stopEvents := context.WithCancel(ctx)
-	defer stopEvents()
-	checkpointed, _ := c.Subscribe(evctx, `topic=="/tasks/checkpointed"`)
-
 	start := time.Now()
 	if err := task.Pause(ctx); err != nil {
 		return m, fmt.Errorf("pause: %w", err)
@@ -140,14 +152,8 @@ func MeasureCheckpoint(ctx context.Context, d *Daemon, run CheckpointRun) (m Mea
 	checkpointDone := time.Now()
 	rerr := task.Resume(ctx)
 	m.Wall = time.Since(start)
-	m.Calls = Calls{Pause: paused.Sub(start), Checkpoint: checkpointDone.Sub(paused), Resume: time.Since(checkpointDone)}
-	select {
-	case ev := <-checkpointed:
-		if at := ev.Timestamp; at.After(paused) && at.Before(checkpointDone) {
-			m.Calls.Shim, m.Calls.Daemon = at.Sub(paused), checkpointDone.Sub(at)
-		}
-	case <-time.After(time.Second):
-	}
+	resumed := time.Now()
+	m.Calls = Calls{Pause: paused.Sub(start), Checkpoint: checkpointDone.Sub(paused), Resume: resumed.Sub(checkpointDone)}
 	if cerr != nil {
 		return m, fmt.Errorf("checkpoint: %w", cerr)
 	}
@@ -172,7 +178,61 @@ func MeasureCheckpoint(ctx context.Context, d *Daemon, run CheckpointRun) (m Mea
 	if cp, err := ReadCheckpoint(ctx, c, ref); err == nil {
 		m.Report = cp.Report
 	}
-	return m, nil
+	var dumped time.Time
+	if fi, err := os.Stat(filepath.Join(work, "stats-dump")); err == nil {
+		dumped = fi.ModTime()
+	}
+	var merge time.Duration
+	if m.Report != nil {
+		merge = m.Report.FinalFlatten
+	}
+	m.ImageBytes, m.Window, err = frozenWindow(ctx, c, ref, paused, dumped, merge, resumed)
+	return m, err
+}
+
+// frozenWindow splits the frozen window from paused to resumed of the
+// checkpoint image ref (see Calls) and sums its blobs' sizes.
+func frozenWindow(ctx context.Context, c *containerd.Client, ref string, paused, dumped time.Time, merge time.Duration, resumed time.Time) (int64, Window, error) {
+	img, err := c.GetImage(ctx, ref)
+	if err != nil {
+		return 0, Window{}, err
+	}
+	b, err := content.ReadBlob(ctx, c.ContentStore(), img.Target())
+	if err != nil {
+		return 0, Window{}, err
+	}
+	var index imagespec.Index
+	if err := json.Unmarshal(b, &index); err != nil {
+		return 0, Window{}, fmt.Errorf("checkpoint %s: index: %w", ref, err)
+	}
+	size := img.Target().Size
+	committed := map[string]time.Time{}
+	for _, d := range index.Manifests {
+		size += d.Size
+		if info, err := c.ContentStore().Info(ctx, d.Digest); err == nil {
+			kind := d.MediaType
+			if images.IsLayerType(kind) {
+				kind = images.MediaTypeContainerd1RW // the client writes the rw diff as an ordinary layer
+			}
+			committed[kind] = info.CreatedAt
+		}
+	}
+	// The boundaries in the client's order; a missing or out-of-order one
+	// (a blob already in the store from before) leaves its part at zero.
+	marks := []time.Time{paused, committed[images.MediaTypeContainerd1RW], dumped, committed[images.MediaTypeContainerd1Checkpoint], resumed}
+	parts := make([]time.Duration, len(marks)-1)
+	last := paused
+	for i, t := range marks[1:] {
+		if t.Before(last) || t.After(resumed) {
+			continue
+		}
+		parts[i], last = t.Sub(last), t
+	}
+	w := Window{RWDiff: parts[0], Dump: parts[1], Content: parts[2], Rest: parts[3]}
+	if merge > 0 && merge <= w.Content {
+		w.Merge, w.Content = merge, w.Content-merge
+	}
+	return size, w, nil
 }
 
 // Memload runs `memload <subcommand>` in container id and parses what it

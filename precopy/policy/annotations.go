@@ -17,6 +17,7 @@ const AnnotationPrefix = "io.precopy."
 const (
 	AnnotationTargetDowntime = AnnotationPrefix + "target-downtime" // Config.TargetFreeze, a duration
 	AnnotationMaxRounds      = AnnotationPrefix + "max-rounds"      // Config.MaxRounds, 0..MaxRoundsLimit
+	AnnotationRounds         = AnnotationPrefix + "rounds"          // Config.FixedRounds, 0..MaxRoundsLimit
 	AnnotationTimeBudget     = AnnotationPrefix + "time-budget"     // Config.TimeBudget, a duration
 	AnnotationMemoryBudget   = AnnotationPrefix + "memory-budget"   // Config.MemoryBudget, bytes
 	AnnotationMinSize        = AnnotationPrefix + "min-size"        // Config.MinSize, bytes
@@ -71,6 +72,14 @@ var settings = map[string]setting{
 			return errSilent // the want says it all
 		}
 		c.MaxRounds = n
+		return nil
+	}},
+	AnnotationRounds: {fmt.Sprintf("a whole number from 0 (adaptive) to %d", MaxRoundsLimit), func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > MaxRoundsLimit {
+			return errSilent
+		}
+		c.FixedRounds = n
 		return nil
 	}},
 	AnnotationTimeBudget: {"a positive duration like 30s or 2m", func(c *Config, v string) (err error) {

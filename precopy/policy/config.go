@@ -18,6 +18,12 @@ type Config struct {
 	TargetFreeze time.Duration
 	// MaxRounds is the most pre-dump rounds; 0 turns pre-copy off.
 	MaxRounds int
+	// FixedRounds, when not 0, runs exactly that many rounds whatever
+	// they show (only the memory budget still stops them earlier), as
+	// LXD's and P.Haul's fixed iteration counts do: to compare against
+	// the adaptive policy, or for a load whose behaviour is known. It
+	// overrides MaxRounds, MinSize and the stop rules.
+	FixedRounds int
 	// TimeBudget bounds the time spent in rounds before the final dump:
 	// no round starts once it is spent, nor, from round 2 on, when the
 	// round is expected to end past it. 0: no limit.
@@ -98,6 +104,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("target freeze %v: must be positive", c.TargetFreeze)
 	case c.MaxRounds < 0 || c.MaxRounds > MaxRoundsLimit:
 		return fmt.Errorf("max rounds %d: must be from 0 to %d", c.MaxRounds, MaxRoundsLimit)
+	case c.FixedRounds < 0 || c.FixedRounds > MaxRoundsLimit:
+		return fmt.Errorf("fixed rounds %d: must be from 0 to %d", c.FixedRounds, MaxRoundsLimit)
 	case c.TimeBudget < 0:
 		return fmt.Errorf("time budget %v: must not be negative", c.TimeBudget)
 	case !(c.MinShrink >= 0 && c.MinShrink < 1):

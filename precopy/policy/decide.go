@@ -32,6 +32,8 @@ func (d Decision) String() string {
 // too large for the memory budget, or no rounds allowed.
 func Skip(cfg Config, memoryBytes uint64) (bool, Reason) {
 	switch {
+	case cfg.FixedRounds > 0 && (cfg.MemoryBudget == 0 || memoryBytes <= cfg.MemoryBudget):
+		return false, ReasonFixedRounds
 	case cfg.MaxRounds <= 0:
 		return true, ReasonMaxRounds
 	case memoryBytes < cfg.MinSize:
@@ -54,9 +56,13 @@ func Skip(cfg Config, memoryBytes uint64) (bool, Reason) {
 // between two rounds, or dirties faster than CRIU copies (cannot-converge);
 // when the rounds stopped shrinking by MinShrink (converged if what is left
 // to copy takes less than the fixed cost, not-shrinking otherwise); and
-// then on MaxRounds, TimeBudget and MemoryBudget.
+// then on MaxRounds, TimeBudget and MemoryBudget. With FixedRounds set it
+// runs that many rounds, stopping earlier only on MemoryBudget.
 func Decide(cfg Config, rounds []Round, elapsed time.Duration) Decision {
 	k := len(rounds)
+	if cfg.FixedRounds > 0 {
+		return decideFixed(cfg, rounds)
+	}
 	if k == 0 {
 		if cfg.MaxRounds <= 0 {
 			return Decision{Reason: ReasonMaxRounds}
@@ -114,6 +120,22 @@ func Decide(cfg Config, rounds []Round, elapsed time.Duration) Decision {
 		return Decision{Continue: true, Reason: ReasonMeasuring, PredictedFreeze: predicted}
 	}
 	return Decision{Continue: true, Reason: ReasonShrinking, PredictedFreeze: predicted}
+}
+
+// decideFixed runs cfg.FixedRounds rounds, stopping earlier only for the
+// memory budget, which protects the node rather than tunes the dump.
+func decideFixed(cfg Config, rounds []Round) Decision {
+	k := len(rounds)
+	if k >= cfg.FixedRounds {
+		return Decision{Reason: ReasonFixedRounds}
+	}
+	if k > 0 && cfg.MemoryBudget > 0 {
+		pages := rounds[k-1].PagesWritten // the next round copies about as much as the last
+		if heldBytes(rounds)+pages*PageSize > cfg.MemoryBudget {
+			return Decision{Reason: ReasonMemoryBudget}
+		}
+	}
+	return Decision{Continue: true, Reason: ReasonFixedRounds}
 }
 
 // nextRoundTime is how long the next round is expected to take: the last

@@ -182,3 +182,32 @@ func TestDecideCannotConvergeAfterOneRound(t *testing.T) {
 		t.Errorf("no count: %v, want another round", d)
 	}
 }
+
+func TestDecideFixedRounds(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.FixedRounds = 3
+	cfg.MinSize = 1 << 40 // adaptive rules would stop at once: too small
+	if skip, why := Skip(cfg, 1<<20); skip {
+		t.Fatalf("Skip with fixed rounds: %v", why)
+	}
+	// Rounds that converged at once: the adaptive policy would stop.
+	round := func(i int) Round {
+		return Round{Index: i, PagesWritten: 10, PagesSkippedParent: 1000, Wall: time.Second, Start: time.Unix(int64(i), 0)}
+	}
+	var rounds []Round
+	for i := 1; i <= 3; i++ {
+		d := Decide(cfg, rounds, time.Duration(i)*time.Second)
+		if !d.Continue || d.Reason != ReasonFixedRounds {
+			t.Fatalf("after %d rounds: %v, want continue (fixed-rounds)", i-1, d)
+		}
+		rounds = append(rounds, round(i))
+	}
+	if d := Decide(cfg, rounds, 3*time.Second); d.Continue || d.Reason != ReasonFixedRounds {
+		t.Fatalf("after 3 rounds: %v, want stop (fixed-rounds)", d)
+	}
+	cfg.MemoryBudget = 4096 * 5 // the next round would not fit
+	rounds[0].ImageBytes = 4096 * 5
+	if d := Decide(cfg, rounds[:1], time.Second); d.Continue || d.Reason != ReasonMemoryBudget {
+		t.Fatalf("over the memory budget: %v, want stop (memory-budget)", d)
+	}
+}

@@ -11,6 +11,9 @@ const (
 	// ReasonShrinking: the predicted final freeze is above the target and
 	// the rounds are still shrinking.
 	ReasonShrinking Reason = "shrinking"
+	// ReasonFixedRounds: io.precopy.rounds asks for more rounds (going
+	// on), or for as many as ran (stopping).
+	ReasonFixedRounds Reason = "fixed-rounds"
 )
 
 // Reasons to stop.
