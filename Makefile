@@ -21,8 +21,11 @@ export PRECOPY_BIN_DIR := $(BIN)
 # Integration tests fail, not skip, when the stack is missing.
 export PRECOPY_REQUIRE_STACK := 1
 
-# The benchmark scenario for `make bench` (see integration/bench).
-SCENARIO ?= low-dirty-256m
+# `make bench` measures the full matrix into docs/benchmarks;
+# `make bench SCENARIO=<name>` one scenario (see integration/bench).
+SCENARIO ?=
+# Extra bench flags, e.g. BENCH_FLAGS='-runs 5' or '-sizes 64,256'.
+BENCH_FLAGS ?=
 
 .PHONY: build deps install test test-unit test-integration test-vm demo bench clean
 
@@ -63,7 +66,7 @@ demo: deps build
 
 # Measures; never part of make test.
 bench: deps build
-	bash hack/bench.sh $(SCENARIO)
+	bash hack/bench.sh $(SCENARIO) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(OUT)

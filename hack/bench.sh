@@ -1,16 +1,40 @@
 #!/usr/bin/env bash
-# What `make bench SCENARIO=<name>` runs after `make deps build`: the
+# What `make bench [SCENARIO=<name>]` runs after `make deps build`: the
 # checkpoint benchmark (integration/bench), in the soft-dirty VM tier when
-# this kernel cannot track dirty memory. Extra arguments go to the bench
-# (e.g. -runs 5).
+# this kernel cannot track dirty memory.
+#
+#   bench.sh              the full matrix: every run's row goes to
+#                         _output/bench/matrix.log, then docs/benchmarks gets
+#                         the CSV, the markdown table and the plots
+#   bench.sh SCENARIO     one scenario; its LAST line is the summary
+#
+# Extra arguments go to the bench (e.g. -runs 5, or -sizes 64,256 for a
+# shorter matrix). Ctrl-C stops it: the VM (or, natively, the bench's
+# containerd and containers) is torn down and nothing is rendered.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scenario=${1:?usage: bench.sh SCENARIO [bench flags]}
-shift
-go build -o _output/bench ./integration/bench
-if criu check --feature mem_dirty_track >/dev/null 2>&1; then
-	exec _output/bench -scenario "$scenario" "$@"
+scenario=
+if [ $# -gt 0 ] && [[ $1 != -* ]]; then
+	scenario=$1
+	shift
 fi
-echo "bench: this kernel cannot track dirty memory (no CONFIG_MEM_SOFT_DIRTY): running in the soft-dirty VM (qemu TCG); compare its figures only with each other"
-# Room for a 1 GiB workload, its rounds, its image and the content store.
-exec bash integration/vm/run.sh -m "${PRECOPY_VM_MEM:-12G}" -t 7200 -- _output/bench -scenario "$scenario" "$@"
+go build -o _output/bench ./integration/bench
+
+run() {
+	if criu check --feature mem_dirty_track >/dev/null 2>&1; then
+		_output/bench "$@"
+		return
+	fi
+	echo "bench: this kernel cannot track dirty memory (no CONFIG_MEM_SOFT_DIRTY): running in the soft-dirty VM (qemu TCG); compare its figures only with each other" >&2
+	# Room for a 1 GiB workload, its rounds, its image and the content store.
+	bash integration/vm/run.sh -m "${PRECOPY_VM_MEM:-12G}" -t "${PRECOPY_BENCH_TIMEOUT:-7200}" -- _output/bench "$@"
+}
+
+if [ -n "$scenario" ]; then
+	run -scenario "$scenario" "$@"
+	exit
+fi
+mkdir -p _output/bench.out
+log=_output/bench.out/matrix.log
+run -matrix "$@" | tee "$log"
+_output/bench -render "$log" -out docs/benchmarks

@@ -57,9 +57,34 @@ var logDir *string
 
 func main() {
 	scenario := flag.String("scenario", "low-dirty-256m", "one of: "+strings.Join(names(), ", "))
-	runs := flag.Int("runs", 3, "checkpoints per configuration")
+	runs := flag.Int("runs", 3, "checkpoints per configuration (per cell with -matrix)")
 	logDir = flag.String("logs", "", "copy CRIU's log of each final dump into this dir")
+	matrix := flag.Bool("matrix", false, "measure the full matrix (sizes x workloads x configurations), a row per checkpoint")
+	sizes := flag.String("sizes", "64,256,1024", "-matrix: memory sizes in MiB")
+	renderLog := flag.String("render", "", "render this -matrix output into -out (CSV, markdown table, plots); measures nothing")
+	out := flag.String("out", "docs/benchmarks", "-render: output dir")
 	flag.Parse()
+	if *renderLog != "" {
+		if err := render(*renderLog, *out); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *matrix {
+		sz, err := parseSizes(*sizes)
+		if err != nil || *runs < 1 {
+			fmt.Fprintf(os.Stderr, "bench: %v (runs %d)\n", err, *runs)
+			os.Exit(2)
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := runMatrix(ctx, sz, *runs); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	sc, ok := scenarios[*scenario]
 	if !ok || *runs < 1 {
 		fmt.Fprintf(os.Stderr, "bench: unknown scenario %q (have %s) or runs < 1\n", *scenario, strings.Join(names(), ", "))
