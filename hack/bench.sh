@@ -18,7 +18,10 @@ if [ $# -gt 0 ] && [[ $1 != -* ]]; then
 	scenario=$1
 	shift
 fi
-go build -o _output/bench ./integration/bench
+# The commit goes into the results (Go's own VCS stamp is missing in
+# worktrees and some clones).
+commit=$(git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
+go build -ldflags "-X main.commit=$commit" -o _output/bench ./integration/bench
 
 run() {
 	if criu check --feature mem_dirty_track >/dev/null 2>&1; then

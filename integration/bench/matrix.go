@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -167,30 +166,15 @@ func row(size int, workload, config string, run int, m harness.Measurement) benc
 	return r
 }
 
+// commit is the source's commit, set by hack/bench.sh at build time.
+var commit = "unknown"
+
 // about says what the matrix measures and on what.
 func about(sizes []int, runs, cells int) []string {
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	tier := "natively"
 	if os.Getenv("PRECOPY_IN_VM") != "" {
 		tier = "in the soft-dirty VM tier (qemu TCG, Debian's 6.1 kernel; the host kernel has no CONFIG_MEM_SOFT_DIRTY)"
-	}
-	commit := "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		var rev, modified string
-		for _, s := range bi.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				rev = s.Value
-			case "vcs.modified":
-				modified = s.Value
-			}
-		}
-		if rev != "" {
-			commit = rev[:min(12, len(rev))]
-			if modified == "true" {
-				commit += " (with uncommitted changes)"
-			}
-		}
 	}
 	var full, limited []string
 	for _, s := range sizes {
