@@ -41,6 +41,10 @@ type Service struct {
 	taskAPI.TTRPCTaskService
 
 	defaults Settings
+	// configErr is what was wrong with the config file: every Create
+	// fails with it rather than run on defaults the operator did not ask
+	// for.
+	configErr error
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -49,6 +53,19 @@ type Service struct {
 // New wraps inner, the runc-v2 task service of this shim process.
 func New(inner taskAPI.TTRPCTaskService, defaults Settings) *Service {
 	return &Service{TTRPCTaskService: inner, defaults: defaults, containers: make(map[string]*container)}
+}
+
+// NewFromConfig wraps inner with the defaults of the shim's config file
+// (ConfigPath, or $PRECOPY_CONFIG). A bad config file fails every Create
+// with an error naming the file and the setting.
+func NewFromConfig(inner taskAPI.TTRPCTaskService) *Service {
+	settings, err := LoadSettings(configPath())
+	s := New(inner, settings)
+	if err != nil {
+		s.configErr = err
+		log.L.WithError(err).Error("precopy: bad config file; containers cannot be created until it is fixed")
+	}
+	return s
 }
 
 // RegisterTTRPC registers the wrapper, not the inner service: the inner
@@ -68,6 +85,9 @@ func (s *Service) container(id string) *container {
 // The container's pre-copy settings come from its OCI annotations; a bad
 // one fails the create, so it is never silently ignored.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	if s.configErr != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, s.configErr, errdefs.ErrInvalidArgument))
+	}
 	settings, readonlyRootfs, err := s.settingsOf(r.Bundle)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))

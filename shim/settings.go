@@ -21,12 +21,15 @@ const (
 type Settings struct {
 	Mode   policy.Mode
 	Policy policy.Config
+	// PrecopydAddress is precopyd's socket, where the shim asks for a
+	// pinned view of a writable rootfs for an early thaw ("" = never).
+	PrecopydAddress string
 }
 
 // DefaultSettings pre-copy every checkpoint with the policy's defaults:
 // standard clients cannot ask for it, so it must be on unless turned off.
 func DefaultSettings() Settings {
-	return Settings{Mode: ModeAlways, Policy: policy.DefaultConfig()}
+	return Settings{Mode: ModeAlways, Policy: policy.DefaultConfig(), PrecopydAddress: DefaultPrecopydAddress}
 }
 
 // With returns s with a container's annotations applied. Annotations
@@ -37,7 +40,7 @@ func (s Settings) With(annotations map[string]string) (Settings, error) {
 	if err != nil {
 		return s, err
 	}
-	out := Settings{Mode: s.Mode, Policy: cfg}
+	out := Settings{Mode: s.Mode, Policy: cfg, PrecopydAddress: s.PrecopydAddress}
 	if cfg.Mode != "" {
 		out.Mode = cfg.Mode
 	}

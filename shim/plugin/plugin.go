@@ -39,7 +39,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return precopyshim.New(inner, precopyshim.DefaultSettings()), nil
+			return precopyshim.NewFromConfig(inner), nil
 		},
 	})
 }

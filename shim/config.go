@@ -1,0 +1,86 @@
+package shim
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"slices"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/precopy/precopy/precopy/policy"
+)
+
+// ConfigPath is the shim's config file: defaults for every container's
+// pre-copy settings. The environment variable PRECOPY_CONFIG names another
+// one (tests use it). A missing file means the built-in defaults.
+const ConfigPath = "/etc/precopy/config.toml"
+
+// configKeyPrecopyd is the config file's key for precopyd's socket; the
+// other keys are the io.precopy.* annotation keys without the prefix.
+const configKeyPrecopyd = "precopyd-address"
+
+// DefaultPrecopydAddress is where the shim asks precopyd to pin a
+// container's writable layer (precopyd's default --address).
+const DefaultPrecopydAddress = "/run/precopyd/precopyd.sock"
+
+// configPath is the config file this shim reads.
+func configPath() string {
+	if p := os.Getenv("PRECOPY_CONFIG"); p != "" {
+		return p
+	}
+	return ConfigPath
+}
+
+// LoadSettings reads the defaults from the config file at path, a flat
+// TOML table whose keys are those of the io.precopy.* annotations without
+// the prefix, plus precopyd-address:
+//
+//	mode = "always"
+//	target-downtime = "300ms"
+//	max-rounds = 5
+//	precopyd-address = "/run/precopyd/precopyd.sock"
+//
+// Values parse as the annotations do; an unknown key or a bad value is an
+// error naming it. A missing file gives DefaultSettings.
+func LoadSettings(path string) (Settings, error) {
+	s := DefaultSettings()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return s, fmt.Errorf("precopy config: %w", err)
+	}
+	var raw map[string]any
+	if err := toml.Unmarshal(b, &raw); err != nil {
+		return s, fmt.Errorf("precopy config %s: %w", path, err)
+	}
+	annotations := map[string]string{}
+	for _, k := range slices.Sorted(maps.Keys(raw)) {
+		switch v := raw[k].(type) {
+		case string:
+			if k == configKeyPrecopyd {
+				s.PrecopydAddress = v
+				continue
+			}
+			annotations[policy.AnnotationPrefix+k] = v
+		case int64, float64, bool:
+			annotations[policy.AnnotationPrefix+k] = fmt.Sprint(v)
+		default:
+			return s, fmt.Errorf("precopy config %s: %s: a %T is not a setting's value", path, k, v)
+		}
+	}
+	cfg, err := policy.FromAnnotations(s.Policy, annotations)
+	if err != nil {
+		return s, fmt.Errorf("precopy config %s: %w", path, err)
+	}
+	if cfg.Mode != "" {
+		// The default mode; a container's own io.precopy.mode still wins.
+		s.Mode, cfg.Mode = cfg.Mode, ""
+	}
+	s.Policy = cfg
+	return s, nil
+}
