@@ -13,6 +13,6 @@
 // a precopyd that starts finds the metadata of its predecessor's, logs them
 // as lost and starts empty.
 //
-// Later (issue 9) it is where pinned point-in-time views of a container's
-// writable layer, which early thaw needs, belong.
+// Pin keeps point-in-time copies of containers' writable layers and serves
+// them to Mounts, which early thaw of a writable rootfs needs (pin.go).
 package snapshotter

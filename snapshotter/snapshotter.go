@@ -29,6 +29,7 @@ type Snapshotter struct {
 
 	fsDir   string // the tmpfs
 	refused atomic.Int64
+	pins    pins
 }
 
 var (
@@ -86,7 +87,7 @@ func New(ctx context.Context, root string, limit int64) (_ *Snapshotter, retErr 
 		ms.Close()
 		return nil, fmt.Errorf("overlay snapshotter on %s: %w", fsDir, err)
 	}
-	return &Snapshotter{Snapshotter: sn, fsDir: fsDir}, nil
+	return &Snapshotter{Snapshotter: sn, fsDir: fsDir, pins: pins{dir: filepath.Join(fsDir, pinsDir), by: map[string]*pin{}}}, nil
 }
 
 // discardStale logs the snapshots whose metadata a predecessor left at
@@ -157,10 +158,6 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
 	return s.mapError(s.Snapshotter.Commit(ctx, name, key, opts...))
-}
-
-func (s *Snapshotter) Remove(ctx context.Context, key string) error {
-	return s.mapError(s.Snapshotter.Remove(ctx, key))
 }
 
 func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (snapshots.Info, error) {
@@ -240,7 +237,12 @@ func (s *Snapshotter) Metrics(ctx context.Context) (Metrics, error) {
 	return m, err
 }
 
-// Close closes the snapshotter and unmounts its tmpfs.
+// Close releases every pin, closes the snapshotter and unmounts its tmpfs.
 func (s *Snapshotter) Close() error {
+	s.pins.mu.Lock()
+	for upper := range s.pins.by {
+		s.releaseLocked(context.Background(), upper, "precopyd stopping")
+	}
+	s.pins.mu.Unlock()
 	return errors.Join(s.Snapshotter.Close(), unmountTmpfs(context.Background(), s.fsDir))
 }
