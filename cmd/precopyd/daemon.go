@@ -17,17 +17,19 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/precopy/precopy/plugin/contentservice"
+	"github.com/precopy/precopy/plugin/pins"
 	"github.com/precopy/precopy/snapshotter"
 )
 
 // config is what the flags set.
 type config struct {
-	address       string // unix socket path
-	stateDir      string // the content inventory and the snapshotter's root
-	contentLimit  int64  // bytes; 0 = unlimited
-	snapshotLimit int64  // bytes; 0 = no snapshotter
-	persistDir    string // blobs written behind to disk; empty = memory only
-	debugAddress  string // host:port for metrics as JSON; empty = off
+	address       string        // unix socket path
+	stateDir      string        // the content inventory and the snapshotter's root
+	contentLimit  int64         // bytes; 0 = unlimited
+	snapshotLimit int64         // bytes; 0 = no snapshotter
+	persistDir    string        // blobs written behind to disk; empty = memory only
+	debugAddress  string        // host:port for metrics as JSON; empty = off
+	pinTTL        time.Duration // longest a writable layer stays pinned
 }
 
 // stopTimeout bounds a graceful stop: an unfinished write stream from
@@ -80,6 +82,7 @@ func newDaemon(ctx context.Context, cfg config) (_ *daemon, retErr error) {
 	contentservice.Register(d.grpc, d.content.store)
 	if d.snapshots != nil {
 		snapshotsapi.RegisterSnapshotsServer(d.grpc, snapshotservice.FromSnapshotter(d.snapshots))
+		pins.Register(d.grpc, d.snapshots, cfg.pinTTL)
 	}
 	if cfg.debugAddress != "" {
 		if d.debugL, err = net.Listen("tcp", cfg.debugAddress); err != nil {

@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 )
@@ -42,6 +43,7 @@ func main() {
 	flag.Var(&snapshotLimit, "snapshot-limit", "serve a snapshotter on a tmpfs of this size, e.g. 1GiB (0 = no snapshotter)")
 	flag.StringVar(&cfg.persistDir, "persist-dir", "", "directory to write blobs to behind the store and recover them from at start (empty = memory only: a restart loses them)")
 	flag.StringVar(&cfg.debugAddress, "debug-address", "", "host:port to serve metrics (content store, snapshotter, persist dir) on as JSON at /metrics.json (empty = off; no authentication)")
+	flag.DurationVar(&cfg.pinTTL, "pin-ttl", 2*time.Minute, "longest a container's writable layer stays pinned for an early thaw when precopy's shim does not release it")
 	flag.StringVar(&level, "log-level", "info", "log level: trace, debug, info, warn, error")
 	flag.Parse()
 	if flag.NArg() > 0 {
