@@ -57,6 +57,11 @@ type Thaw struct {
 	ThawedAt time.Time `json:"thawed_at,omitzero"`
 	// AfterThaw is what the shim did once the container ran again.
 	AfterThaw []string `json:"after_thaw,omitempty"`
+	// Pinned is true when precopyd pinned a point-in-time view of the
+	// writable rootfs for the client's rw-layer diff; PinCost is what
+	// copying it cost, inside the frozen window.
+	Pinned  bool          `json:"pinned,omitempty"`
+	PinCost time.Duration `json:"pin_ns,omitempty"`
 }
 
 // Write writes the report into image dir dir.

@@ -4,13 +4,19 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"slices"
+	"strings"
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/log"
 
+	"github.com/precopy/precopy/plugin/pins"
 	"github.com/precopy/precopy/precopy"
 	"github.com/precopy/precopy/precopy/policy"
 )
@@ -22,18 +28,30 @@ import (
 // taken later, which must leave the container paused.
 const checkpointFollowsPause = 3 * time.Second
 
+// thawDecision is whether a checkpoint may thaw its container right after
+// the final dump.
+type thawDecision int
+
+const (
+	thawNo thawDecision = iota
+	thawYes
+	// thawIfPinned: the rootfs is writable; thaw if precopyd pins a
+	// point-in-time view of it for the client's rw-layer diff.
+	thawIfPinned
+)
+
 // earlyThaw decides whether this checkpoint of c may thaw the container
 // right after its final dump, before the daemon stores the image and
 // diffs the writable layer; the returned Thaw says why or why not.
 // Callers hold c.mu.
-func (c *container) earlyThaw(opts *options.CheckpointOptions) (bool, *precopy.Thaw) {
+func (c *container) earlyThaw(opts *options.CheckpointOptions) (thawDecision, *precopy.Thaw) {
 	t := &precopy.Thaw{}
 	if !c.pausedAt.IsZero() {
 		t.FrozenAt = c.pausedAt
 	}
-	no := func(why string) (bool, *precopy.Thaw) {
+	no := func(why string) (thawDecision, *precopy.Thaw) {
 		t.Reason = why
-		return false, t
+		return thawNo, t
 	}
 	mode := c.settings.Policy.EarlyThaw
 	switch {
@@ -49,12 +67,96 @@ func (c *container) earlyThaw(opts *options.CheckpointOptions) (bool, *precopy.T
 		return no(fmt.Sprintf("the container was paused %s before the checkpoint: a pause the user holds", time.Since(c.pausedAt).Round(time.Millisecond)))
 	case mode == policy.EarlyThawForce:
 		t.Reason = "io.precopy.early-thaw is force: writes after the dump may reach the rw-layer diff"
-		return true, t
+		return thawYes, t
 	case c.readonlyRootfs:
 		t.Reason = "the rootfs is read-only: the rw-layer diff cannot change after the dump"
-		return true, t
+		return thawYes, t
+	case c.upper == "":
+		return no("the rootfs is writable and its writable layer is unknown (not one overlay or bind mount): the client's rw-layer diff must see it frozen")
+	case c.settings.PrecopydAddress == "":
+		return no("the rootfs is writable and no precopyd is configured to pin it: the client's rw-layer diff must see it frozen")
 	}
-	return no("the rootfs is writable and no point-in-time view of it is pinned: the client's rw-layer diff must see it frozen")
+	t.Reason = "the rootfs is writable: thaw once precopyd pins a point-in-time view of it"
+	return thawIfPinned, t
+}
+
+// pinTimeout bounds the pin call: the container is frozen meanwhile, and
+// an unreachable precopyd only costs the early thaw.
+const pinTimeout = 5 * time.Second
+
+// pinRootfs asks precopyd to pin c's writable layer as it is now, frozen
+// after the final dump, and says in t whether it did. Callers hold c.mu.
+func (s *Service) pinRootfs(ctx context.Context, c *container, t *precopy.Thaw) bool {
+	addr := c.settings.PrecopydAddress
+	fail := func(err error) bool {
+		t.Reason = fmt.Sprintf("the rootfs is writable and precopyd (%s) did not pin it: %v: the client's rw-layer diff must see it frozen", addr, err)
+		log.G(ctx).WithError(err).WithField("id", c.id).Info("precopy: no early thaw")
+		return false
+	}
+	if _, err := os.Stat(addr); err != nil {
+		return fail(errors.New("no socket"))
+	}
+	client, err := pins.Dial(addr)
+	if err != nil {
+		return fail(err)
+	}
+	defer client.Close()
+	pctx, cancel := context.WithTimeout(ctx, pinTimeout)
+	defer cancel()
+	cost, err := client.Pin(pctx, c.upper)
+	if err != nil {
+		return fail(err)
+	}
+	c.pinned, t.Pinned, t.PinCost = true, true, cost
+	t.Reason = "the rootfs is writable and precopyd pinned a point-in-time view of it for the client's rw-layer diff"
+	return true
+}
+
+// unpin releases c's pin, if it holds one: the client's diff is done, or
+// the container is gone. precopyd releases it on its own after its
+// --pin-ttl if this fails. Callers hold c.mu.
+func (s *Service) unpin(ctx context.Context, c *container, why string) {
+	if !c.pinned {
+		return
+	}
+	c.pinned = false
+	l := log.G(ctx).WithFields(log.Fields{"id": c.id, "why": why})
+	client, err := pins.Dial(c.settings.PrecopydAddress)
+	if err == nil {
+		defer client.Close()
+		uctx, cancel := context.WithTimeout(ctx, pinTimeout)
+		defer cancel()
+		err = client.Unpin(uctx, c.upper)
+	}
+	if err != nil {
+		l.WithError(err).Warn("precopy: unpin the writable layer (precopyd drops it after its pin ttl)")
+		return
+	}
+	l.Debug("precopy: unpinned the writable layer")
+}
+
+// writableLayer is the writable dir of a rootfs given as mounts: the upper
+// dir of a single overlay mount, or the source of a single read-write bind
+// mount (overlay's snapshot without parents).
+func writableLayer(rootfs []*types.Mount) string {
+	if len(rootfs) != 1 {
+		return ""
+	}
+	m := rootfs[0]
+	switch m.Type {
+	case "overlay":
+		for _, o := range m.Options {
+			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+				return v
+			}
+		}
+	case "bind":
+		if slices.Contains(m.Options, "ro") {
+			return ""
+		}
+		return m.Source
+	}
+	return ""
 }
 
 // thawEarly thaws c once its final dump is written: the client's Resume

@@ -57,6 +57,12 @@ type container struct {
 	// readonlyRootfs: the OCI spec's root.readonly, which makes an early
 	// thaw safe (no rw-layer change can follow the dump).
 	readonlyRootfs bool
+	// upper is the writable layer of the rootfs (the overlay upper dir
+	// the snapshotter mounted), which precopyd can pin for an early thaw
+	// of a writable rootfs; "" when unknown. pinned: precopyd holds a pin
+	// of it, to release at the client's Resume.
+	upper  string
+	pinned bool
 	// pausedAt is when a Pause of the running container returned; zero
 	// once a Resume or Checkpoint followed. thawedEarly: a Checkpoint
 	// thawed it, so the client's Resume has nothing left to do.

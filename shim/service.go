@@ -101,7 +101,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return nil, err
 	}
 	s.mu.Lock()
-	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: settings, readonlyRootfs: readonlyRootfs}
+	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: settings, readonlyRootfs: readonlyRootfs, upper: writableLayer(r.Rootfs)}
 	s.mu.Unlock()
 	// Probing CRIU takes a few execs of it: do it now, not inside the
 	// first checkpoint's frozen window.
@@ -171,6 +171,8 @@ func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		c.pausedAt = time.Time{}
+		// The checkpoint's client resumes: its rw-layer diff is done.
+		s.unpin(ctx, c, "resumed")
 		if c.thawedEarly {
 			// The checkpoint already thawed it (and published
 			// TaskResumed): the client's Resume that ends its checkpoint
@@ -231,7 +233,10 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	// afterDump runs once a dump the image can use is written: from then
 	// on the image does not change with the container.
 	afterDump := func() {
-		if thaw {
+		if thaw == thawIfPinned && s.pinRootfs(ctx, c, t) {
+			thaw = thawYes
+		}
+		if thaw == thawYes {
 			s.thawEarly(ctx, c, t)
 		}
 	}
@@ -270,6 +275,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	if c := s.container(r.ID); c != nil {
 		c.mu.Lock()
+		s.unpin(ctx, c, "container deleted")
 		c.dropChain(ctx, "container deleted")
 		c.mu.Unlock()
 		s.mu.Lock()
