@@ -3,10 +3,12 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -40,6 +42,14 @@ type memoryStack struct {
 // unpacked into it and containers, checkpoints and restores use it.
 func startMemoryStack(t *testing.T, name string, o harness.PrecopydOptions, snapshotter string) *memoryStack {
 	t.Helper()
+	return startMemoryStackWith(t, name, o, snapshotter, false)
+}
+
+// startMemoryStackWith is startMemoryStack; with pins, precopy's shims of
+// that containerd are configured (PRECOPY_CONFIG) to ask the precopyd to
+// pin writable layers for early thaws.
+func startMemoryStackWith(t *testing.T, name string, o harness.PrecopydOptions, snapshotter string, pins bool) *memoryStack {
+	t.Helper()
 	requireStack(t)
 	ctx := context.Background()
 	p, err := harness.StartPrecopyd(ctx, stack.bins, o)
@@ -51,12 +61,22 @@ func startMemoryStack(t *testing.T, name string, o harness.PrecopydOptions, snap
 			t.Errorf("precopyd teardown: %v", err)
 		}
 	})
+	env := slices.Clone(stack.criuEnv)
+	config := filepath.Join(t.TempDir(), "precopy.toml")
+	address := ""
+	if pins {
+		address = p.Socket
+	}
+	if err := os.WriteFile(config, []byte(fmt.Sprintf("precopyd-address = %q\n", address)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env = append(env, "PRECOPY_CONFIG="+config)
 	d, err := harness.StartDaemon(ctx, harness.Options{
 		ShimDirs:        []string{stack.bins.Dir},
 		Namespace:       stack.daemon.Namespace + "-" + name,
 		ExtraConfig:     p.ContainerdConfig(),
 		DisabledPlugins: []string{harness.LocalContentPlugin},
-		Env:             stack.criuEnv,
+		Env:             env,
 	})
 	if err != nil {
 		t.Fatal(err)
