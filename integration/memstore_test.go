@@ -3,12 +3,10 @@ package integration
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,7 +14,6 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -61,23 +58,15 @@ func startMemoryStackWith(t *testing.T, name string, o harness.PrecopydOptions, 
 			t.Errorf("precopyd teardown: %v", err)
 		}
 	})
-	env := slices.Clone(stack.criuEnv)
-	config := filepath.Join(t.TempDir(), "precopy.toml")
-	address := ""
-	if pins {
-		address = p.Socket
-	}
-	if err := os.WriteFile(config, []byte(fmt.Sprintf("precopyd-address = %q\n", address)), 0o644); err != nil {
+	opts, err := p.DaemonOptions(harness.Options{
+		ShimDirs:  []string{stack.bins.Dir},
+		Namespace: stack.daemon.Namespace + "-" + name,
+		Env:       stack.criuEnv,
+	}, pins)
+	if err != nil {
 		t.Fatal(err)
 	}
-	env = append(env, "PRECOPY_CONFIG="+config)
-	d, err := harness.StartDaemon(ctx, harness.Options{
-		ShimDirs:        []string{stack.bins.Dir},
-		Namespace:       stack.daemon.Namespace + "-" + name,
-		ExtraConfig:     p.ContainerdConfig(),
-		DisabledPlugins: []string{harness.LocalContentPlugin},
-		Env:             env,
-	})
+	d, err := harness.StartDaemon(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,8 +77,7 @@ func startMemoryStackWith(t *testing.T, name string, o harness.PrecopydOptions, 
 		}
 	})
 	if snapshotter != "" {
-		labels := map[string]string{defaults.DefaultSnapshotterNSLabel: snapshotter}
-		if err := d.Client().NamespaceService().Create(ctx, d.Namespace, labels); err != nil {
+		if err := harness.UsePrecopydSnapshotter(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -34,7 +34,15 @@ type scenario struct {
 	// cri: checkpoint through containerd's CRI plugin (CheckpointContainer,
 	// as the kubelet), not as ctr does.
 	cri bool
+	// precopyd: containerd's content store and snapshotter are a
+	// precopyd's (memory-backed), for both shims; precopy's shim asks it
+	// to pin the writable rootfs and thaws right after the final dump.
+	precopyd bool
 }
+
+// precopydLimits hold a 1 GiB scenario's images (one per checkpoint
+// until the bench removes it) and the workload image's snapshots.
+var precopydLimits = harness.PrecopydOptions{ContentLimit: 3 << 30, SnapshotLimit: 512 << 20}
 
 // scenarios are the workloads the bench knows.
 var scenarios = map[string]scenario{
@@ -47,6 +55,10 @@ var scenarios = map[string]scenario{
 	// Both through the CRI plugin: stock runc-v2 and precopy's shim as
 	// runtime_path of a runc-v2 handler (install path (a) in the README).
 	"cri-low-dirty-256m": {args: []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"}, cri: true},
+	// Both shims on precopyd's memory-backed content store and
+	// snapshotter; precopy thaws early on a pinned writable layer.
+	"low-dirty-256m-precopyd": {args: []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"}, precopyd: true},
+	"low-dirty-1g-precopyd":   {args: []string{"-mib", "1024", "-dirty-mibps", "16", "-hot", "0.1"}, precopyd: true},
 	"low-dirty-256m-early-thaw": {
 		args:        []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"},
 		annotations: map[string]string{policy.AnnotationEarlyThaw: string(policy.EarlyThawForce)},
@@ -113,9 +125,12 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 	}
 	var env *harness.Env
 	var err error
-	if sc.cri {
+	switch {
+	case sc.cri:
 		env, err = harness.SetupCRI(ctx, "precopy-bench", criHandlers)
-	} else {
+	case sc.precopyd:
+		env, err = harness.SetupPrecopyd(ctx, "precopy-bench", precopydLimits)
+	default:
 		env, err = harness.Setup(ctx, "precopy-bench")
 	}
 	if err != nil {
@@ -125,8 +140,8 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 	d := env.Daemon
 	ctx = d.Context(ctx)
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %v; kernel %s; %d runs per configuration, alternating; %s\n",
-		name, strings.Join(sc.args, " "), sc.annotations, sc.cri, strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))
+	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %v; precopyd content store and snapshotter %v; kernel %s; %d runs per configuration, alternating; %s\n",
+		name, strings.Join(sc.args, " "), sc.annotations, sc.cri, sc.precopyd, strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))
 
 	measure := func(id string, precopy bool, args []string) (harness.Measurement, error) {
 		return measureCtr(ctx, d, id, precopy, args, sc.annotations)
@@ -206,6 +221,9 @@ func details(m harness.Measurement) string {
 		s += fmt.Sprintf(" stop=%s predicted_ms=%.0f", r.Stop.Reason, ms(r.Stop.PredictedFreeze))
 	}
 	s += fmt.Sprintf(" final_flatten_ms=%.0f", ms(r.FinalFlatten))
+	if t := r.Thaw; t != nil {
+		s += fmt.Sprintf(" thaw=[early=%v pinned=%v pin_ms=%.1f]", t.Early, t.Pinned, ms(t.PinCost))
+	}
 	if r.FellBack != "" {
 		s += fmt.Sprintf(" fell_back=%q", r.FellBack)
 	}
