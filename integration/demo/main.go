@@ -115,7 +115,7 @@ func (x demo) checkpoint(ctx context.Context, id, runtime string) (harness.Measu
 
 // checkpointAnnotated is checkpoint with annotations on the container.
 func (x demo) checkpointAnnotated(ctx context.Context, id, runtime string, annotations map[string]string) (harness.Measurement, error) {
-	m, err := harness.MeasureCheckpoint(ctx, x.d, harness.CheckpointRun{ID: id, Runtime: runtime, Ref: "precopy.demo/" + id + ":1", Args: x.args, Annotations: annotations})
+	m, err := harness.MeasureCheckpoint(ctx, x.d, harness.CheckpointRun{ID: id, Runtime: runtime, Ref: "precopy.demo/" + id + ":1", Args: x.args, Annotations: annotations, QueryBefore: true})
 	if err != nil {
 		return m, err
 	}

@@ -88,6 +88,11 @@ type CheckpointRun struct {
 	// LogDir, if set, gets a copy of CRIU's log of the final dump, as
 	// <ID>-dump.log, for a look at where its frozen time went.
 	LogDir string
+	// QueryBefore has the workload verify its memory before the
+	// checkpoint, into Measurement.Before (for a later restore to compare
+	// with). Without it Before is the status file, unverified: the query
+	// reads all of the workload's memory, seconds under TCG.
+	QueryBefore bool
 }
 
 // MeasureCheckpoint runs the workload as run says, lets it settle, and
@@ -115,11 +120,13 @@ func MeasureCheckpoint(ctx context.Context, d *Daemon, run CheckpointRun) (m Mea
 		}
 	}()
 	status := filepath.Join(d.RootfsPath(id), "status.json")
-	if _, err := workload.WaitReadable(ctx, status); err != nil {
+	if m.Before, err = workload.WaitReadable(ctx, status); err != nil {
 		return m, err
 	}
-	if m.Before, err = d.Memload(ctx, id, "query"); err != nil {
-		return m, err
+	if run.QueryBefore {
+		if m.Before, err = d.Memload(ctx, id, "query"); err != nil {
+			return m, err
+		}
 	}
 	time.Sleep(2 * time.Second) // let the rewriting settle into its rate
 	if _, err := d.Memload(ctx, id, "reset-gap"); err != nil {
@@ -160,9 +167,11 @@ func MeasureCheckpoint(ctx context.Context, d *Daemon, run CheckpointRun) (m Mea
 	if rerr != nil {
 		return m, fmt.Errorf("resume: %w", rerr)
 	}
-	after, err := d.Memload(ctx, id, "query")
+	// The first status the workload writes after the resume holds its
+	// longest gap, the checkpoint's.
+	after, err := workload.WaitStatus(ctx, status, func(s workload.Status) bool { return s.WrittenAt.After(resumed) })
 	if err != nil {
-		return m, err
+		return m, fmt.Errorf("workload status after the checkpoint: %w", err)
 	}
 	m.Pause = after.MaxGap()
 	final, err := precopy.ReadDumpStats(work)
