@@ -27,7 +27,7 @@ SCENARIO ?=
 # Extra bench flags, e.g. BENCH_FLAGS='-runs 5' or '-sizes 64,256'.
 BENCH_FLAGS ?=
 
-.PHONY: build deps install test test-unit test-integration test-vm demo bench clean
+.PHONY: build deps install test test-unit test-integration test-vm demo demo-precopyd bench clean
 
 build:
 	mkdir -p $(BIN)
@@ -63,6 +63,10 @@ test-vm: build
 
 demo: deps build
 	bash hack/demo.sh
+
+# The demo on precopyd's memory-backed content store and snapshotter.
+demo-precopyd: deps build
+	bash hack/demo.sh -precopyd
 
 # Measures; never part of make test.
 bench: deps build

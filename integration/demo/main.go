@@ -27,10 +27,11 @@ func main() {
 	mib := flag.Int("mib", 256, "memory the workload holds, MiB")
 	dirty := flag.Float64("dirty-mibps", 16, "MiB/s the workload rewrites")
 	hot := flag.Float64("hot", 0.1, "fraction of its memory the workload rewrites")
+	precopyd := flag.Bool("precopyd", false, "run containerd on precopyd's memory-backed content store and snapshotter (make demo-precopyd)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *mib, *dirty, *hot); err != nil {
+	if err := run(ctx, *mib, *dirty, *hot, *precopyd); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -41,8 +42,16 @@ type demo struct {
 	args []string
 }
 
-func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
-	env, err := harness.Setup(ctx, "precopy-demo")
+// demoPrecopyd holds the demo's checkpoints (three of up to 256 MiB) and
+// the workload image's and containers' snapshots.
+var demoPrecopyd = harness.PrecopydOptions{ContentLimit: 2 << 30, SnapshotLimit: 512 << 20}
+
+func run(ctx context.Context, mib int, dirty, hot float64, precopyd bool) (retErr error) {
+	setup := func() (*harness.Env, error) { return harness.Setup(ctx, "precopy-demo") }
+	if precopyd {
+		setup = func() (*harness.Env, error) { return harness.SetupPrecopyd(ctx, "precopy-demo", demoPrecopyd) }
+	}
+	env, err := setup()
 	if err != nil {
 		return err
 	}
@@ -53,6 +62,9 @@ func run(ctx context.Context, mib int, dirty, hot float64) (retErr error) {
 	d := env.Daemon
 	ctx = d.Context(ctx)
 	fmt.Printf("precopy demo: private containerd at %s\n", d.Address)
+	if env.Precopyd != nil {
+		fmt.Printf("storage: precopyd at %s serves containerd's content store and snapshotter from memory; precopy's shim asks it to pin writable layers\n", env.Precopyd.Socket)
+	}
 	fmt.Printf("workload: memload holding %d MiB, rewriting %g MiB/s over %g%% of it\n", mib, dirty, hot*100)
 	if ok, why := harness.SoftDirty(ctx); !ok {
 		fmt.Printf("note: %s: checkpoints are one-shot here\n", why)
