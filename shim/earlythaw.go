@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
-	"strings"
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -135,28 +133,13 @@ func (s *Service) unpin(ctx context.Context, c *container, why string) {
 	l.Debug("precopy: unpinned the writable layer")
 }
 
-// writableLayer is the writable dir of a rootfs given as mounts: the upper
-// dir of a single overlay mount, or the source of a single read-write bind
-// mount (overlay's snapshot without parents).
+// writableLayer is the writable dir of a rootfs given as mounts, which
+// precopyd pins: see pins.UpperDir. "" unless the rootfs is one mount.
 func writableLayer(rootfs []*types.Mount) string {
 	if len(rootfs) != 1 {
 		return ""
 	}
-	m := rootfs[0]
-	switch m.Type {
-	case "overlay":
-		for _, o := range m.Options {
-			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
-				return v
-			}
-		}
-	case "bind":
-		if slices.Contains(m.Options, "ro") {
-			return ""
-		}
-		return m.Source
-	}
-	return ""
+	return pins.UpperDir(rootfs[0].Type, rootfs[0].Source, rootfs[0].Options)
 }
 
 // thawEarly thaws c once its final dump is written: the client's Resume

@@ -13,6 +13,8 @@ import (
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+
+	"github.com/precopy/precopy/plugin/pins"
 )
 
 // A pin is a point-in-time copy of an active snapshot's writable layer
@@ -32,7 +34,7 @@ type pin struct {
 	timer *time.Timer
 }
 
-type pins struct {
+type pinSet struct {
 	mu  sync.Mutex
 	dir string          // where copies live, on the snapshotter's tmpfs
 	by  map[string]*pin // upper dir -> pin
@@ -154,27 +156,8 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	return s.mapError(s.Snapshotter.Remove(ctx, key))
 }
 
-// upperOf is the writable dir of an active snapshot's mount as overlay
-// returns it: the upperdir of an overlay mount, or the source of the bind
-// mount it uses for a snapshot without parents.
-func upperOf(m mount.Mount) string {
-	switch m.Type {
-	case "overlay":
-		for _, o := range m.Options {
-			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
-				return v
-			}
-		}
-	case "bind":
-		for _, o := range m.Options {
-			if o == "ro" {
-				return "" // a view
-			}
-		}
-		return m.Source
-	}
-	return ""
-}
+// upperOf is the pin key of an active snapshot's mount.
+func upperOf(m mount.Mount) string { return pins.UpperDir(m.Type, m.Source, m.Options) }
 
 // pinnedView is m with the pinned copy in place of its writable layer,
 // read-only: the copy on top of the parents' lower dirs.

@@ -29,7 +29,7 @@ type Snapshotter struct {
 
 	fsDir   string // the tmpfs
 	refused atomic.Int64
-	pins    pins
+	pins    pinSet
 }
 
 var (
@@ -87,7 +87,7 @@ func New(ctx context.Context, root string, limit int64) (_ *Snapshotter, retErr 
 		ms.Close()
 		return nil, fmt.Errorf("overlay snapshotter on %s: %w", fsDir, err)
 	}
-	return &Snapshotter{Snapshotter: sn, fsDir: fsDir, pins: pins{dir: filepath.Join(fsDir, pinsDir), by: map[string]*pin{}}}, nil
+	return &Snapshotter{Snapshotter: sn, fsDir: fsDir, pins: pinSet{dir: filepath.Join(fsDir, pinsDir), by: map[string]*pin{}}}, nil
 }
 
 // discardStale logs the snapshots whose metadata a predecessor left at
