@@ -167,9 +167,14 @@ func MeasureCheckpoint(ctx context.Context, d *Daemon, run CheckpointRun) (m Mea
 	if rerr != nil {
 		return m, fmt.Errorf("resume: %w", rerr)
 	}
-	// The first status the workload writes after the resume holds its
-	// longest gap, the checkpoint's.
-	after, err := workload.WaitStatus(ctx, status, func(s workload.Status) bool { return s.WrittenAt.After(resumed) })
+	// The workload records a gap when its next iteration starts. The
+	// first status it writes after the resume may come from the iteration
+	// the freeze interrupted; one from a later iteration holds the gap.
+	first, err := workload.WaitStatus(ctx, status, func(s workload.Status) bool { return s.WrittenAt.After(resumed) })
+	if err != nil {
+		return m, fmt.Errorf("workload status after the checkpoint: %w", err)
+	}
+	after, err := workload.WaitStatus(ctx, status, func(s workload.Status) bool { return s.Counter > first.Counter })
 	if err != nil {
 		return m, fmt.Errorf("workload status after the checkpoint: %w", err)
 	}
