@@ -67,15 +67,15 @@ func criuPids() []int {
 	return pids
 }
 
-// killDumpingCRIU SIGKILLs the CRIU that pre-dumps the process pid and
-// returns its pid. runc also starts short-lived `criu swrk` processes
-// that only answer a version request, so "the first swrk seen" is not
-// the dumper: the dumper is the tracer of the workload while the round
-// has it seized, or failing that a swrk that has lived for half a second
-// (a version probe is gone long before). It gives up when paused (the
-// Pause doing the rounds) returns first.
-func killDumpingCRIU(pid int, paused <-chan error) (int, error) {
-	firstSeen := map[int]time.Time{}
+// killDumpingCRIU SIGKILLs the CRIU that pre-dumps the process pid into
+// a round under rounds and returns its pid. runc also starts short-lived
+// `criu swrk` processes that only answer a version request, so "the first
+// swrk seen" is not the dumper: the dumper is the tracer of the workload
+// while the round has it seized, or a CRIU holding the round's image dir
+// open (runc hands it the dir as an inherited fd; a version probe gets
+// none). It gives up when paused (the Pause doing the rounds) returns
+// first.
+func killDumpingCRIU(pid int, rounds string, paused <-chan error) (int, error) {
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		select {
 		case err := <-paused:
@@ -87,10 +87,7 @@ func killDumpingCRIU(pid int, paused <-chan error) (int, error) {
 			victims = append(victims, tracer)
 		}
 		for _, p := range criuPids() {
-			if _, ok := firstSeen[p]; !ok {
-				firstSeen[p] = time.Now()
-			}
-			if time.Since(firstSeen[p]) >= 500*time.Millisecond {
+			if holdsFileUnder(p, rounds) {
 				victims = append(victims, p)
 			}
 		}
@@ -101,6 +98,19 @@ func killDumpingCRIU(pid int, paused <-chan error) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no CRIU dumped process %d within a minute", pid)
+}
+
+// holdsFileUnder says whether process pid has a file under dir open.
+func holdsFileUnder(pid int, dir string) bool {
+	fds := fmt.Sprintf("/proc/%d/fd", pid)
+	entries, _ := os.ReadDir(fds)
+	for _, e := range entries {
+		target, err := os.Readlink(filepath.Join(fds, e.Name()))
+		if err == nil && (target == dir || strings.HasPrefix(target, dir+"/")) {
+			return true
+		}
+	}
+	return false
 }
 
 // tracerPid is the TracerPid of process pid (0 when untraced or gone).
@@ -141,7 +151,7 @@ func TestPreCopyCRIUKilledMidRound(t *testing.T) {
 	before := queryMemload(t, ctx, task)
 
 	paused := pauseAsync(ctx, task)
-	killed, err := killDumpingCRIU(int(task.Pid()), paused)
+	killed, err := killDumpingCRIU(int(task.Pid()), roundsDir(d, task.ID()), paused)
 	if err != nil {
 		t.Fatal(err)
 	}
