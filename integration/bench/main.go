@@ -73,6 +73,7 @@ func main() {
 	logDir = flag.String("logs", "", "copy CRIU's log of each final dump into this dir")
 	matrix := flag.Bool("matrix", false, "measure the full matrix (sizes x workloads x configurations), a row per checkpoint")
 	sizes := flag.String("sizes", "64,256,1024", "-matrix: memory sizes in MiB")
+	storageSizes := flag.String("storage-sizes", "256", "-matrix: memory sizes in MiB measured again on precopyd's content store and snapshotter (low workload, stock and adaptive); \"\" for none")
 	renderLog := flag.String("render", "", "render this -matrix output into -out (CSV, markdown table, plots); measures nothing")
 	out := flag.String("out", "docs/benchmarks", "-render: output dir")
 	flag.Parse()
@@ -85,13 +86,17 @@ func main() {
 	}
 	if *matrix {
 		sz, err := parseSizes(*sizes)
+		var ssz []int
+		if err == nil && *storageSizes != "" {
+			ssz, err = parseSizes(*storageSizes)
+		}
 		if err != nil || *runs < 1 {
 			fmt.Fprintf(os.Stderr, "bench: %v (runs %d)\n", err, *runs)
 			os.Exit(2)
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		if err := runMatrix(ctx, sz, *runs); err != nil {
+		if err := runMatrix(ctx, sz, ssz, *runs); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}

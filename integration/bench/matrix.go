@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -82,33 +83,91 @@ func parseSizes(s string) ([]int, error) {
 	return sizes, nil
 }
 
-// runMatrix measures every cell runs times, alternating configurations
-// within a workload and size, and prints a row per checkpoint (see
-// benchresults.Row) after "about" lines saying what ran where. Progress
-// goes to stderr.
-func runMatrix(ctx context.Context, sizes []int, runs int) (retErr error) {
+// storageWorkload and storageConfigs are what the matrix measures again
+// on precopyd's content store and snapshotter, to compare with the same
+// cells on disk.
+const storageWorkload = "low"
+
+var storageConfigs = []string{"stock", "adaptive"}
+
+// storageCells are the cells of the storage comparison at sizes.
+func storageCells(sizes []int) []matrixCell {
+	var cells []matrixCell
+	for _, size := range sizes {
+		for w, wl := range matrixWorkloads {
+			for c, cfg := range matrixConfigs {
+				if wl.name == storageWorkload && slices.Contains(storageConfigs, cfg.name) {
+					cells = append(cells, matrixCell{size, w, c})
+				}
+			}
+		}
+	}
+	return cells
+}
+
+// progress counts the matrix's checkpoints on stderr.
+type progress struct {
+	total, done int
+	start       time.Time
+}
+
+func (p *progress) next(what string) {
+	p.done++
+	left := ""
+	if p.done > 1 {
+		per := time.Since(p.start) / time.Duration(p.done-1)
+		left = fmt.Sprintf(", ~%s left", (per * time.Duration(p.total-p.done+1)).Round(time.Minute))
+	}
+	fmt.Fprintf(os.Stderr, "bench [%d/%d] %s (%s elapsed%s)\n", p.done, p.total, what, time.Since(p.start).Round(time.Second), left)
+}
+
+// runMatrix measures every cell runs times on containerd's own content
+// store and snapshotter (disk), then the storage cells again on
+// precopyd's, alternating configurations within a workload and size, and
+// prints a row per checkpoint (see benchresults.Row) after "about" lines
+// saying what ran where. Progress goes to stderr.
+func runMatrix(ctx context.Context, sizes, storageSizes []int, runs int) error {
 	if ok, why := harness.SoftDirty(ctx); !ok {
 		return fmt.Errorf("%s (make bench runs in the soft-dirty VM)", why)
 	}
-	env, err := harness.Setup(ctx, "precopy-bench")
+	cells, storage := matrixCells(sizes), storageCells(storageSizes)
+	for _, line := range about(sizes, storageSizes, runs, len(cells)+len(storage)) {
+		fmt.Println("about " + line)
+	}
+	p := &progress{total: (len(cells) + len(storage)) * runs, start: time.Now()}
+	if err := measureCells(ctx, benchresults.StorageDisk, cells, runs, p); err != nil {
+		return err
+	}
+	if len(storage) > 0 {
+		if err := measureCells(ctx, benchresults.StoragePrecopyd, storage, runs, p); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(os.Stderr, "bench: %d checkpoints in %s\n", p.total, time.Since(p.start).Round(time.Second))
+	return nil
+}
+
+// measureCells measures cells runs times each on a containerd of its own
+// whose content store and snapshotter are storage's.
+func measureCells(ctx context.Context, storage string, cells []matrixCell, runs int, p *progress) (retErr error) {
+	var env *harness.Env
+	var err error
+	if storage == benchresults.StoragePrecopyd {
+		env, err = harness.SetupPrecopyd(ctx, "precopy-bench", precopydLimits)
+	} else {
+		env, err = harness.Setup(ctx, "precopy-bench")
+	}
 	if err != nil {
 		return err
 	}
 	defer func() { retErr = errors.Join(retErr, env.Close()) }()
 	d := env.Daemon
 	ctx = d.Context(ctx)
-
-	cells := matrixCells(sizes)
-	for _, line := range about(sizes, runs, len(cells)) {
-		fmt.Println("about " + line)
-	}
 	for _, precopy := range []bool{false, true} {
 		if _, err := measureCtr(ctx, d, fmt.Sprintf("warm-up-%v", precopy), precopy, []string{"-mib", "16"}, nil); err != nil {
-			return fmt.Errorf("warm-up (precopy %v): %w", precopy, err)
+			return fmt.Errorf("warm-up on %s (precopy %v): %w", storage, precopy, err)
 		}
 	}
-
-	total, done, start := len(cells)*runs, 0, time.Now()
 	// Runs alternate configurations: run 1 of every configuration of a
 	// workload and size, then run 2, so that drift in the VM spreads over
 	// all of them.
@@ -120,34 +179,26 @@ func runMatrix(ctx context.Context, sizes []int, runs int) (retErr error) {
 		for run := 1; run <= runs; run++ {
 			for _, c := range cells[i:j] {
 				wl, cfg := matrixWorkloads[c.workload], matrixConfigs[c.config]
-				done++
-				left := ""
-				if done > 1 {
-					per := time.Since(start) / time.Duration(done-1)
-					left = fmt.Sprintf(", ~%s left", (per * time.Duration(total-done+1)).Round(time.Minute))
-				}
-				fmt.Fprintf(os.Stderr, "bench [%d/%d] %d MiB %s %s run %d/%d (%s elapsed%s)\n",
-					done, total, c.size, wl.name, cfg.name, run, runs, time.Since(start).Round(time.Second), left)
-				id := fmt.Sprintf("m%d-%s-%s-%d", c.size, wl.name, cfg.name, run)
+				p.next(fmt.Sprintf("%d MiB %s %s on %s run %d/%d", c.size, wl.name, cfg.name, storage, run, runs))
+				id := fmt.Sprintf("m%d-%s-%s-%s-%d", c.size, wl.name, cfg.name, storage, run)
 				args := append([]string{"-mib", strconv.Itoa(c.size)}, wl.args...)
 				m, err := measureCtr(ctx, d, id, cfg.precopy, args, cfg.annotations)
 				if err != nil {
-					return fmt.Errorf("%d MiB %s %s run %d: %w", c.size, wl.name, cfg.name, run, err)
+					return fmt.Errorf("%d MiB %s %s on %s run %d: %w", c.size, wl.name, cfg.name, storage, run, err)
 				}
-				fmt.Println(row(c.size, wl.name, cfg.name, run, m).Line())
+				fmt.Println(row(c.size, wl.name, cfg.name, storage, run, m).Line())
 			}
 		}
 		i = j
 	}
-	fmt.Fprintf(os.Stderr, "bench: %d checkpoints in %s\n", total, time.Since(start).Round(time.Second))
 	return nil
 }
 
 // row is m as a benchresults row.
-func row(size int, workload, config string, run int, m harness.Measurement) benchresults.Row {
+func row(size int, workload, config, storage string, run int, m harness.Measurement) benchresults.Row {
 	w := m.Window
 	r := benchresults.Row{
-		SizeMiB: size, Workload: workload, Config: config, Run: run,
+		SizeMiB: size, Workload: workload, Config: config, Storage: storage, Run: run,
 		PauseMS: ms(m.Pause), FinalDumpMS: ms(m.FinalDump()), CheckpointMS: ms(m.Wall),
 		ImageMiB: float64(m.ImageBytes) / (1 << 20), Rounds: m.Rounds(),
 		RWDiffMS: ms(w.RWDiff), DumpMS: ms(w.Dump), MergeMS: ms(w.Merge), ContentMS: ms(w.Content), RestMS: ms(w.Rest),
@@ -170,7 +221,7 @@ func row(size int, workload, config string, run int, m harness.Measurement) benc
 var commit = "unknown"
 
 // about says what the matrix measures and on what.
-func about(sizes []int, runs, cells int) []string {
+func about(sizes, storageSizes []int, runs, cells int) []string {
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	tier := "natively"
 	if os.Getenv("PRECOPY_IN_VM") != "" {
@@ -192,6 +243,14 @@ func about(sizes []int, runs, cells int) []string {
 	}
 	if len(limited) > 0 {
 		lines = append(lines, "sizes with the low workload on stock and adaptive only (time): "+strings.Join(limited, ", "))
+	}
+	var storage []string
+	for _, s := range storageSizes {
+		storage = append(storage, fmt.Sprintf("%d MiB", s))
+	}
+	if len(storage) > 0 {
+		lines = append(lines, fmt.Sprintf("storage: the cells above on containerd's own content store and overlayfs (disk); then %s, %s on %s, on a second containerd whose content store and snapshotter are precopyd's (memory)",
+			strings.Join(storage, ", "), storageWorkload, strings.Join(storageConfigs, " and ")))
 	}
 	return lines
 }

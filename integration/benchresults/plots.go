@@ -84,7 +84,11 @@ func WindowPlot(title string, cells []*Cell) (*plot.Plot, error) {
 	var labels []string
 	var tallest float64
 	for _, c := range cells {
-		labels = append(labels, fmt.Sprintf("%d MiB %s", c.SizeMiB, c.Config))
+		label := fmt.Sprintf("%d MiB %s", c.SizeMiB, c.Config)
+		if c.Storage != StorageDisk {
+			label += " on " + c.Storage
+		}
+		labels = append(labels, label)
 		var total float64
 		for _, part := range Parts {
 			total += c.Of(part.Of).Median / 1000

@@ -22,7 +22,11 @@ type Row struct {
 	SizeMiB  int    `row:"size_mib"`
 	Workload string `row:"workload"`
 	Config   string `row:"config"`
-	Run      int    `row:"run"`
+	// Storage is where containerd kept content and snapshots: "disk"
+	// (its local content store and overlayfs) or "precopyd" (precopyd's
+	// memory-backed ones).
+	Storage string `row:"storage"`
+	Run     int    `row:"run"`
 	// PauseMS is the workload's own longest loop gap.
 	PauseMS float64 `row:"pause_ms"`
 	// FinalDumpMS is CRIU's freezing + frozen time of the final dump.
@@ -145,23 +149,24 @@ func WriteCSV(w io.Writer, rows []Row) error {
 	return cw.Error()
 }
 
-// Cell is the runs of one configuration on one workload and size.
+// Cell is the runs of one configuration on one workload, size and
+// storage.
 type Cell struct {
-	SizeMiB          int
-	Workload, Config string
-	Rows             []Row
+	SizeMiB                   int
+	Workload, Config, Storage string
+	Rows                      []Row
 }
 
-// Cells groups rows by size, workload and configuration, in the order
-// each first appears.
+// Cells groups rows by size, workload, configuration and storage, in the
+// order each first appears.
 func Cells(rows []Row) []*Cell {
 	var cells []*Cell
 	for _, r := range rows {
 		i := slices.IndexFunc(cells, func(c *Cell) bool {
-			return c.SizeMiB == r.SizeMiB && c.Workload == r.Workload && c.Config == r.Config
+			return c.SizeMiB == r.SizeMiB && c.Workload == r.Workload && c.Config == r.Config && c.Storage == r.Storage
 		})
 		if i < 0 {
-			cells = append(cells, &Cell{SizeMiB: r.SizeMiB, Workload: r.Workload, Config: r.Config})
+			cells = append(cells, &Cell{SizeMiB: r.SizeMiB, Workload: r.Workload, Config: r.Config, Storage: r.Storage})
 			i = len(cells) - 1
 		}
 		cells[i].Rows = append(cells[i].Rows, r)
@@ -169,10 +174,11 @@ func Cells(rows []Row) []*Cell {
 	return cells
 }
 
-// Find is the cell of that size, workload and configuration, or nil.
-func Find(cells []*Cell, size int, workload, config string) *Cell {
+// Find is the cell of that size, workload, configuration and storage, or
+// nil.
+func Find(cells []*Cell, size int, workload, config, storage string) *Cell {
 	for _, c := range cells {
-		if c.SizeMiB == size && c.Workload == workload && c.Config == config {
+		if c.SizeMiB == size && c.Workload == workload && c.Config == config && c.Storage == storage {
 			return c
 		}
 	}

@@ -9,7 +9,7 @@ import (
 )
 
 func TestRowRoundTrip(t *testing.T) {
-	in := Row{SizeMiB: 256, Workload: "low", Config: "adaptive", Run: 2, PauseMS: 13047, FinalDumpMS: 1514.5,
+	in := Row{SizeMiB: 256, Workload: "low", Config: "adaptive", Storage: StoragePrecopyd, Run: 2, PauseMS: 13047, FinalDumpMS: 1514.5,
 		CheckpointMS: 21481, ImageMiB: 257.3, Rounds: 3, RWDiffMS: 40, DumpMS: 2100, MergeMS: 30, ContentMS: 10500, RestMS: 200, Stop: "not-shrinking"}
 	out, err := ParseRows(strings.NewReader("progress: 1/2\n" + in.Line() + "\nscenario=x\n"))
 	if err != nil {
@@ -53,9 +53,16 @@ func TestRender(t *testing.T) {
 	for _, size := range []int{64, 256} {
 		for _, config := range Configs {
 			for run := 1; run <= 3; run++ {
-				rows = append(rows, Row{SizeMiB: size, Workload: "low", Config: config, Run: run,
+				rows = append(rows, Row{SizeMiB: size, Workload: "low", Config: config, Storage: StorageDisk, Run: run,
 					PauseMS: float64(size * (10 + run)), DumpMS: 100, ContentMS: float64(size * 10), RestMS: 20})
 			}
+		}
+	}
+	// The storage comparison: 256 MiB on precopyd too.
+	for _, config := range []string{"stock", "adaptive"} {
+		for run := 1; run <= 3; run++ {
+			rows = append(rows, Row{SizeMiB: 256, Workload: "low", Config: config, Storage: StoragePrecopyd, Run: run,
+				PauseMS: float64(100 * run), DumpMS: 100, ContentMS: 777, RestMS: 20})
 		}
 	}
 	dir := t.TempDir()
@@ -68,6 +75,18 @@ func TestRender(t *testing.T) {
 	for _, f := range []string{"matrix.csv", "results.md", "pause-low.png", "frozen-window.png"} {
 		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
+		}
+	}
+	md, err := os.ReadFile(filepath.Join(dir, "results.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"| 256 MiB | low | adaptive | disk | 3 | 3072 (2816–3328) | 1.00× | 2560 (2560–2560) |",
+		"| 256 MiB | low | adaptive | precopyd | 3 | 200 (100–300) | 1.00× | 777 (777–777) |",
+	} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("results.md lacks %q:\n%s", want, md)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "pause-idle.png")); !os.IsNotExist(err) {

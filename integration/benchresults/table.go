@@ -31,7 +31,7 @@ func WriteTable(w io.Writer, cells []*Cell) error {
 	for _, c := range cells {
 		p, f := c.Of(pause), c.Of(finalDump)
 		vsPause, vsFinal := "", ""
-		if s := Find(cells, c.SizeMiB, c.Workload, "stock"); s != nil && c.Config != "stock" {
+		if s := Find(cells, c.SizeMiB, c.Workload, "stock", c.Storage); s != nil && c.Config != "stock" {
 			vsPause = ratio(p.Median, s.Of(pause).Median)
 			vsFinal = ratio(f.Median, s.Of(finalDump).Median)
 		}
@@ -74,4 +74,44 @@ func Largest(c *Cell) (name string, ms, share float64) {
 		share = ms / total
 	}
 	return name, ms, share
+}
+
+// StorageCells are the cells of every size, workload and configuration
+// that ran on precopyd, each preceded by its counterpart on disk when the
+// run has one.
+func StorageCells(cells []*Cell) []*Cell {
+	var out []*Cell
+	for _, c := range cells {
+		if c.Storage != StoragePrecopyd {
+			continue
+		}
+		if d := Find(cells, c.SizeMiB, c.Workload, c.Config, StorageDisk); d != nil {
+			out = append(out, d)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// WriteStorageTable writes a markdown table comparing storages: the pause,
+// and the daemon's tar and content write with the rw-layer diff, whether
+// or not they fell inside the pause.
+func WriteStorageTable(w io.Writer, cells []*Cell) error {
+	var b strings.Builder
+	b.WriteString("| memory | workload | configuration | storage | runs | pause ms | vs stock | content write ms | rw diff ms | checkpoint ms |\n")
+	b.WriteString("|---:|---|---|---|---:|---|---:|---|---:|---:|\n")
+	for _, c := range cells {
+		p := c.Of(pause)
+		vs := ""
+		if s := Find(cells, c.SizeMiB, c.Workload, "stock", c.Storage); s != nil && c.Config != "stock" {
+			vs = ratio(p.Median, s.Of(pause).Median)
+		}
+		fmt.Fprintf(&b, "| %d MiB | %s | %s | %s | %d | %s | %s | %s | %.0f | %.0f |\n",
+			c.SizeMiB, c.Workload, c.Config, c.Storage, len(c.Rows), spread(p), vs,
+			spread(c.Of(func(r Row) float64 { return r.ContentMS })),
+			c.Of(func(r Row) float64 { return r.RWDiffMS }).Median,
+			c.Of(func(r Row) float64 { return r.CheckpointMS }).Median)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }
