@@ -21,14 +21,14 @@ import (
 // serve serves store on a unix socket in a temporary directory and returns
 // a client of it built as containerd builds its proxy plugins' clients
 // (cmd/containerd/server: proxyClients.getClient).
-func serve(t testing.TB, root string, store content.Store, opts ...grpc.ServerOption) (content.Store, func() error) {
+func serve(t testing.TB, root string, store content.Store) (content.Store, func() error) {
 	t.Helper()
 	sock := filepath.Join(root, "content.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(store, opts...)
+	srv := NewServer(store)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 
