@@ -82,6 +82,27 @@ func (c *container) earlyThaw(opts *options.CheckpointOptions) (thawDecision, *p
 // an unreachable precopyd only costs the early thaw.
 const pinTimeout = 5 * time.Second
 
+// pinClient is the shim's client of precopyd at addr, made once and
+// kept: a pin happens while a container is frozen, and should not pay
+// for a new connection. Create warms it for containers that may pin.
+func (s *Service) pinClient(addr string) (*pins.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.pins[addr]; ok {
+		return c, nil
+	}
+	c, err := pins.Dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	if s.pins == nil {
+		s.pins = map[string]*pins.Client{}
+	}
+	s.pins[addr] = c
+	c.Connect()
+	return c, nil
+}
+
 // pinRootfs asks precopyd to pin c's writable layer as it is now, frozen
 // after the final dump, and says in t whether it did. Callers hold c.mu.
 func (s *Service) pinRootfs(ctx context.Context, c *container, t *precopy.Thaw) bool {
@@ -94,15 +115,19 @@ func (s *Service) pinRootfs(ctx context.Context, c *container, t *precopy.Thaw) 
 	if _, err := os.Stat(addr); err != nil {
 		return fail(errors.New("no socket"))
 	}
-	client, err := pins.Dial(addr)
+	client, err := s.pinClient(addr)
 	if err != nil {
 		return fail(err)
 	}
-	defer client.Close()
 	pctx, cancel := context.WithTimeout(ctx, pinTimeout)
 	defer cancel()
 	cost, err := client.Pin(pctx, c.upper)
 	if err != nil {
+		// precopyd may have pinned it all the same (the call timed out
+		// after the copy): a pin nobody releases would serve this stale
+		// layer to the next checkpoint's diff until its ttl.
+		c.pinned = true
+		s.unpin(ctx, c, "pin failed")
 		return fail(err)
 	}
 	c.pinned, t.Pinned, t.PinCost = true, true, cost
@@ -111,18 +136,19 @@ func (s *Service) pinRootfs(ctx context.Context, c *container, t *precopy.Thaw) 
 }
 
 // unpin releases c's pin, if it holds one: the client's diff is done, or
-// the container is gone. precopyd releases it on its own after its
-// --pin-ttl if this fails. Callers hold c.mu.
+// the container is gone. It is kept as held when precopyd cannot be told,
+// for the next Pause, Resume or Delete to try again; precopyd drops it
+// after its --pin-ttl anyway. Callers hold c.mu.
 func (s *Service) unpin(ctx context.Context, c *container, why string) {
 	if !c.pinned {
 		return
 	}
-	c.pinned = false
 	l := log.G(ctx).WithFields(log.Fields{"id": c.id, "why": why})
-	client, err := pins.Dial(c.settings.PrecopydAddress)
+	client, err := s.pinClient(c.settings.PrecopydAddress)
 	if err == nil {
-		defer client.Close()
-		uctx, cancel := context.WithTimeout(ctx, pinTimeout)
+		// The caller's request may be over (a cancelled Resume): the pin
+		// must go all the same.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pinTimeout)
 		defer cancel()
 		err = client.Unpin(uctx, c.upper)
 	}
@@ -130,6 +156,7 @@ func (s *Service) unpin(ctx context.Context, c *container, why string) {
 		l.WithError(err).Warn("precopy: unpin the writable layer (precopyd drops it after its pin ttl)")
 		return
 	}
+	c.pinned = false
 	l.Debug("precopy: unpinned the writable layer")
 }
 

@@ -232,17 +232,34 @@ func thawAfterFailedRound(ctx context.Context, r *gorunc.Runc, id string) {
 	defer cancel()
 	st, err := r.State(ctx, id)
 	if err != nil {
-		log.G(ctx).WithError(err).WithField("id", id).Warn("precopy: state after a failed round")
+		log.G(ctx).WithError(err).WithField("id", id).Warn("precopy: state after a failed CRIU dump")
 		return
 	}
 	if st.Status != "paused" {
 		return
 	}
 	if err := r.Resume(ctx, id); err != nil {
-		log.G(ctx).WithError(err).WithField("id", id).Error("precopy: a failed round left the container frozen and it could not be thawed")
+		log.G(ctx).WithError(err).WithField("id", id).Error("precopy: a failed CRIU dump left the container frozen and it could not be thawed")
 		return
 	}
-	log.G(ctx).WithField("id", id).Warn("precopy: thawed the container a failed round left frozen")
+	log.G(ctx).WithField("id", id).Warn("precopy: thawed the container a failed CRIU dump left frozen")
+}
+
+// thawIfCRIUFroze thaws c's container when containerd holds it running
+// but its cgroup is frozen: a CRIU that froze it to dump and died before
+// thawing it (a pause the client asked for shows as paused, and stays).
+// Callers hold c.mu.
+func (s *Service) thawIfCRIUFroze(ctx context.Context, c *container) {
+	st, err := s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: c.id})
+	if err != nil || st.Status != apitask.Status_RUNNING {
+		return
+	}
+	r, err := newRunc(c.bundle, c.namespace)
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("precopy: check for a frozen cgroup after a failed dump")
+		return
+	}
+	thawAfterFailedRound(ctx, r, c.id)
 }
 
 // flatten makes a round stand alone. The engine removes the round before
@@ -279,12 +296,22 @@ func (s *Service) checkpointWithParent(ctx context.Context, c *container, r *tas
 		if opts.Exit {
 			return err
 		}
+		if report.Thaw != nil && report.Thaw.Early {
+			// The container runs again: a dump now would not match the
+			// rw layer the client diffs (pinned, or taken at the pause).
+			return fmt.Errorf("%w (thawed after the dump: not redone)", err)
+		}
+		// A leave-running dump of a task the client did not pause, whose
+		// CRIU died, left the cgroup frozen; a dump of it now would
+		// leave it so.
+		s.thawIfCRIUFroze(ctx, c)
 		report.FellBack = err.Error()
 		log.G(ctx).WithError(err).WithField("id", r.ID).Warn("precopy: checkpoint redone one-shot")
 		if err := emptyDir(r.Path); err != nil {
 			return err
 		}
 		if _, err := s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
+			s.thawIfCRIUFroze(ctx, c)
 			return err
 		}
 		afterDump()

@@ -31,6 +31,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 
+	"github.com/precopy/precopy/plugin/pins"
 	"github.com/precopy/precopy/precopy"
 )
 
@@ -48,6 +49,8 @@ type Service struct {
 
 	mu         sync.Mutex
 	containers map[string]*container
+	// pins are clients of precopyd, by socket address (see pinClient).
+	pins map[string]*pins.Client
 }
 
 // New wraps inner, the runc-v2 task service of this shim process.
@@ -100,9 +103,16 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if err != nil {
 		return nil, err
 	}
+	c := &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: settings, readonlyRootfs: readonlyRootfs, upper: writableLayer(r.Rootfs)}
 	s.mu.Lock()
-	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: settings, readonlyRootfs: readonlyRootfs, upper: writableLayer(r.Rootfs)}
+	s.containers[r.ID] = c
 	s.mu.Unlock()
+	if c.upper != "" && settings.PrecopydAddress != "" && !readonlyRootfs {
+		// Connect to precopyd now, not in a checkpoint's frozen window.
+		if _, err := os.Stat(settings.PrecopydAddress); err == nil {
+			s.pinClient(settings.PrecopydAddress)
+		}
+	}
 	// Probing CRIU takes a few execs of it: do it now, not inside the
 	// first checkpoint's frozen window.
 	go useCRIUConfig()
@@ -140,6 +150,9 @@ func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.E
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// A pin left from an earlier checkpoint (one no Resume followed)
+	// would give this checkpoint's rw-layer diff the old layer.
+	s.unpin(ctx, c, "new pause")
 	// A Pause that finds rounds pending (another client's Pause, waiting
 	// for its Checkpoint) leaves them to that client.
 	fresh := c.report == nil
@@ -171,8 +184,9 @@ func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		c.pausedAt = time.Time{}
-		// The checkpoint's client resumes: its rw-layer diff is done.
-		s.unpin(ctx, c, "resumed")
+		// The checkpoint's client resumes: its rw-layer diff is done. The
+		// pin goes after the thaw, outside the frozen window.
+		defer s.unpin(ctx, c, "resumed")
 		if c.thawedEarly {
 			// The checkpoint already thawed it (and published
 			// TaskResumed): the client's Resume that ends its checkpoint
@@ -212,13 +226,13 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if opts.WorkPath == "" {
 		work := filepath.Join(c.bundle, "checkpoint-work")
 		if err := os.RemoveAll(work); err != nil {
-			return nil, errgrpc.ToGRPC(err)
+			return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint %s: CRIU work dir: %w", r.ID, err))
 		}
 		defer os.RemoveAll(work)
 		opts.WorkPath = work
 		var err error
 		if r, err = withOptions(r, &opts); err != nil {
-			return nil, errgrpc.ToGRPC(err)
+			return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint %s: %w", r.ID, err))
 		}
 		defer keepCRIULog(ctx, work, r.Path)
 	}
@@ -243,15 +257,17 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if chain == nil {
 		start := time.Now()
 		if _, err := s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
+			s.thawIfCRIUFroze(ctx, c)
 			return nil, err
 		}
+		wall := time.Since(start)
 		afterDump()
 		if final, err := precopy.ReadDumpStats(opts.WorkPath); err == nil {
-			final.Wall = time.Since(start)
+			final.Wall = wall
 			report.Final = &final
 		}
 		if err := report.Write(r.Path); err != nil {
-			return nil, errgrpc.ToGRPC(err)
+			return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint %s: %w", r.ID, err))
 		}
 		return &ptypes.Empty{}, nil
 	}

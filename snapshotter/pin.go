@@ -60,15 +60,24 @@ func (s *Snapshotter) Pin(ctx context.Context, upper string, ttl time.Duration) 
 		return 0, err
 	}
 	s.pins.mu.Lock()
-	defer s.pins.mu.Unlock()
 	s.pins.n++
 	dst := filepath.Join(s.pins.dir, fmt.Sprintf("%d-%d", time.Now().UnixNano(), s.pins.n))
+	s.pins.mu.Unlock()
+	// The copy is made outside the lock: Mounts and Unpin of other
+	// containers must not wait for it.
 	if err := os.MkdirAll(s.pins.dir, 0o700); err != nil {
 		return 0, s.mapError(err)
 	}
 	if err := fs.CopyDir(dst, upper); err != nil {
 		os.RemoveAll(dst)
 		return 0, fmt.Errorf("pin %s: copy the writable layer: %w", upper, s.mapError(err))
+	}
+	s.pins.mu.Lock()
+	defer s.pins.mu.Unlock()
+	if err := s.ownsUpper(upper); err != nil {
+		// Removed while it was being copied.
+		os.RemoveAll(dst)
+		return 0, err
 	}
 	s.releaseLocked(ctx, upper, "replaced")
 	p := &pin{copy: dst}

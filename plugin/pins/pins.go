@@ -121,6 +121,10 @@ func Dial(address string) (*Client, error) {
 	return &Client{conn: conn}, nil
 }
 
+// Connect starts connecting now rather than at the first call, so that a
+// pin made while a container is frozen does not pay the handshake.
+func (c *Client) Connect() { c.conn.Connect() }
+
 // Pin pins the writable layer whose overlay upper dir is upper and
 // returns what copying it cost precopyd.
 func (c *Client) Pin(ctx context.Context, upper string) (time.Duration, error) {

@@ -19,7 +19,8 @@ type Config struct {
 	// MaxRounds is the most pre-dump rounds; 0 turns pre-copy off.
 	MaxRounds int
 	// FixedRounds, when not 0, runs exactly that many rounds whatever
-	// they show (only the memory budget still stops them earlier), as
+	// they show (only the memory budget, or a time budget spent, still
+	// stops them earlier), as
 	// LXD's and P.Haul's fixed iteration counts do: to compare against
 	// the adaptive policy, or for a load whose behaviour is known. It
 	// overrides MaxRounds, MinSize and the stop rules.

@@ -57,11 +57,12 @@ func Skip(cfg Config, memoryBytes uint64) (bool, Reason) {
 // when the rounds stopped shrinking by MinShrink (converged if what is left
 // to copy takes less than the fixed cost, not-shrinking otherwise); and
 // then on MaxRounds, TimeBudget and MemoryBudget. With FixedRounds set it
-// runs that many rounds, stopping earlier only on MemoryBudget.
+// runs that many rounds, stopping earlier only on MemoryBudget, or once
+// TimeBudget is spent.
 func Decide(cfg Config, rounds []Round, elapsed time.Duration) Decision {
 	k := len(rounds)
 	if cfg.FixedRounds > 0 {
-		return decideFixed(cfg, rounds)
+		return decideFixed(cfg, rounds, elapsed)
 	}
 	if k == 0 {
 		if cfg.MaxRounds <= 0 {
@@ -123,11 +124,16 @@ func Decide(cfg Config, rounds []Round, elapsed time.Duration) Decision {
 }
 
 // decideFixed runs cfg.FixedRounds rounds, stopping earlier only for the
-// memory budget, which protects the node rather than tunes the dump.
-func decideFixed(cfg Config, rounds []Round) Decision {
+// memory budget, which protects the node rather than tunes the dump, and
+// once the time budget is spent: a caller's deadline (the kubelet's) sets
+// it, and the checkpoint must come before that.
+func decideFixed(cfg Config, rounds []Round, elapsed time.Duration) Decision {
 	k := len(rounds)
 	if k >= cfg.FixedRounds {
 		return Decision{Reason: ReasonFixedRounds}
+	}
+	if k > 0 && cfg.TimeBudget > 0 && elapsed >= cfg.TimeBudget {
+		return Decision{Reason: ReasonTimeBudget}
 	}
 	if k > 0 && cfg.MemoryBudget > 0 {
 		pages := rounds[k-1].PagesWritten // the next round copies about as much as the last

@@ -210,4 +210,12 @@ func TestDecideFixedRounds(t *testing.T) {
 	if d := Decide(cfg, rounds[:1], time.Second); d.Continue || d.Reason != ReasonMemoryBudget {
 		t.Fatalf("over the memory budget: %v, want stop (memory-budget)", d)
 	}
+	// A caller's deadline became the time budget: spent, no more rounds.
+	cfg.MemoryBudget, cfg.TimeBudget = 0, 2*time.Second
+	if d := Decide(cfg, rounds[:1], 2*time.Second); d.Continue || d.Reason != ReasonTimeBudget {
+		t.Fatalf("time budget spent: %v, want stop (time-budget)", d)
+	}
+	if d := Decide(cfg, rounds[:1], time.Second); !d.Continue {
+		t.Fatalf("time budget left: %v, want another round", d)
+	}
 }
