@@ -31,7 +31,8 @@ import (
 // and thaws right after the dump; the workload goes on rewriting its
 // status file in the rootfs; the diff still holds the file as it was
 // before the thaw; Resume succeeds; the pin is gone afterwards; the image
-// restores with the workload's memory intact.
+// restores, with our shim and with stock runc-v2, with the workload's
+// memory intact and its rootfs at the same moment as its memory.
 func TestEarlyThawPinned(t *testing.T) {
 	ms := startMemoryStackWith(t, "pinthaw", harness.PrecopydOptions{ContentLimit: 1 << 30, SnapshotLimit: 512 << 20}, harness.PrecopydSnapshotter, true)
 	d := ms.daemon
@@ -89,9 +90,14 @@ func TestEarlyThawPinned(t *testing.T) {
 		t.Errorf("%d pins left after the client's resume", len(pins))
 	}
 
+	// Restored, by precopy and by stock runc-v2, the rootfs holds the
+	// status file the memory image last wrote (checkMemoryContinued).
 	removeContainer(t, d, task.ID())
 	restored := restoreCtr(t, ctx, d, "pin-dst", ref)
 	checkMemoryContinued(t, before, queryMemload(t, ctx, restored))
+	removeContainer(t, d, restored.ID())
+	stock := restoreWithStockRuncV2(t, ctx, d, "pin-stock-dst", ref)
+	checkMemoryContinued(t, before, queryMemload(t, ctx, stock))
 }
 
 // rwDiffFile reads file name from the rw-layer diff of checkpoint ref.

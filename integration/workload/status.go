@@ -62,6 +62,13 @@ type Status struct {
 	ResetSeq uint64 `json:"reset_seq"`
 	// StatusSeq counts status file writes.
 	StatusSeq uint64 `json:"status_seq"`
+	// FileMismatches counts writes that found the status file on disk
+	// other than the last one this process (its memory) wrote: after a
+	// restore, a file system that does not match the memory image, such
+	// as a rw-layer diff that caught writes made after the dump.
+	// FirstFileMismatch says what the first one found.
+	FileMismatches    uint64 `json:"file_mismatches"`
+	FirstFileMismatch string `json:"first_file_mismatch,omitempty"`
 	// StartedAt is when this process image first started. It is kept in
 	// memory, so a restored process reports its original start.
 	StartedAt time.Time `json:"started_at"`

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/precopy/precopy/integration/workload"
 )
 
 func TestPacerKeepsTheAverageRate(t *testing.T) {
@@ -54,5 +58,38 @@ func TestGapMeterExcludesQueries(t *testing.T) {
 	g.reset()
 	if g.maxGap != 0 || g.lastGap != 2*time.Second {
 		t.Fatalf("after reset: max %v, last %v", g.maxGap, g.lastGap)
+	}
+}
+
+// TestStatusFileMismatch: a status file that is not the one the process
+// last wrote (a restored file system of another moment than the memory)
+// is counted at the next write; its own files are not.
+func TestStatusFileMismatch(t *testing.T) {
+	mem, err := workload.NewMemory(make([]byte, 4*4096), 1, 0.5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config{statusPath: filepath.Join(t.TempDir(), "status.json")}
+	l := newLoop(cfg, mem, time.Now())
+	for i := 0; i < 3; i++ {
+		if err := l.writeStatus(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l.status.FileMismatches != 0 {
+		t.Fatalf("its own writes counted: %s", l.status.FirstFileMismatch)
+	}
+	// A file from later than the memory, as a diff taken after a thaw
+	// would hold.
+	later := l.status
+	later.StatusSeq += 5
+	if err := workload.WriteStatus(cfg.statusPath, later); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.writeStatus(); err != nil {
+		t.Fatal(err)
+	}
+	if l.status.FileMismatches != 1 || !strings.Contains(l.status.FirstFileMismatch, "holds status 8, this process last wrote 3") {
+		t.Fatalf("mismatches %d: %q", l.status.FileMismatches, l.status.FirstFileMismatch)
 	}
 }

@@ -163,6 +163,7 @@ func (l *loop) query() {
 
 func (l *loop) writeStatus() error {
 	s := &l.status
+	l.checkStatusFile()
 	s.Cursor = l.mem.Cursor()
 	s.LastGapMS = milliseconds(l.gaps.lastGap)
 	s.MaxGapMS = milliseconds(l.gaps.maxGap)
@@ -171,6 +172,36 @@ func (l *loop) writeStatus() error {
 	l.lastWrite = time.Now()
 	s.WrittenAt = l.lastWrite.Round(0)
 	return workload.WriteStatus(l.cfg.statusPath, *s)
+}
+
+// checkStatusFile counts a status file that is not the last one this
+// process wrote, which its memory remembers. A restore that put back the
+// memory of one moment and a file system of another shows here, at the
+// restored process's first write. A process frozen in the middle of a
+// write finishes it after the restore, before it checks again.
+func (l *loop) checkStatusFile() {
+	s := &l.status
+	if s.StatusSeq == 0 {
+		return // nothing written yet
+	}
+	why := ""
+	b, err := os.ReadFile(l.cfg.statusPath)
+	if err == nil {
+		var onDisk workload.Status
+		if onDisk, err = workload.ParseStatus(b); err == nil && onDisk.StatusSeq != s.StatusSeq {
+			why = fmt.Sprintf("the file holds status %d, this process last wrote %d", onDisk.StatusSeq, s.StatusSeq)
+		}
+	}
+	if err != nil {
+		why = fmt.Sprintf("the file is unreadable (%v), this process last wrote status %d", err, s.StatusSeq)
+	}
+	if why == "" {
+		return
+	}
+	s.FileMismatches++
+	if s.FirstFileMismatch == "" {
+		s.FirstFileMismatch = why
+	}
 }
 
 func milliseconds(d time.Duration) float64 {
