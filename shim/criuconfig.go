@@ -13,15 +13,11 @@ import (
 	"github.com/containerd/log"
 )
 
-// criuConfigPath is the CRIU configuration precopy hands CRIU.
+// criuConfigPath names the CRIU configuration precopy hands CRIU: the
+// file is criu.<options>.conf beside it, one per set of options.
 const criuConfigPath = "/run/precopy/criu.conf"
 
-// criuOptions are the CRIU options precopy adds for every CRIU that runc
-// starts from this shim, one config-file line each; empty until
-// useCRIUConfig ran, and when nothing applies.
-var criuOptions []string
-
-// useCRIUConfig sets, once per shim process, the CRIU options that make
+// criuConfig sets, once per shim process, the CRIU options that make
 // pre-copy's dumps cheaper without weakening them, where this CRIU and
 // kernel support them:
 //
@@ -32,6 +28,10 @@ var criuOptions []string
 //     this code, ../shared/notes/facts.md: ≈ 56 ms less natively and
 //     ≈ 420 ms less under TCG for the final dump). The method is recorded
 //     in the image (inventory.img), so restore unlocks with the same one.
+//     Only for containers with a network namespace of their own: in the
+//     host's, CRIU locks nothing with iptables unless the container has
+//     TCP connections, while with nftables it creates (and then deletes) a
+//     table of its own in the host's ruleset, inside the frozen window.
 //   - pre-dump-mode read: pre-dump rounds copy memory with
 //     process_vm_readv after thawing the task, instead of vmsplice'ing it
 //     into pipes while it is frozen (the default, splice), which also pins
@@ -46,38 +46,72 @@ var criuOptions []string
 // own CRIU_CONFIG_FILE is left alone. The file is checked by a CRIU that
 // parses it before any dump relies on it: a line CRIU rejects would fail
 // every dump.
-var useCRIUConfig = sync.OnceFunc(func() {
-	logger := log.L.WithField("criu_config", criuConfigPath)
+//
+// The environment is the shim process's, so the first container decides
+// for all it serves: one container under ctr, a pod under the CRI plugin,
+// whose containers share the pod's network namespace.
+type criuConfig struct {
+	once sync.Once
+	// options are the lines of the file in use: empty until init ran,
+	// and when nothing applies.
+	options []string
+}
+
+// use sets the options up on first use, for a container that has a
+// network namespace of its own or not (ownNetns), and returns them.
+func (cc *criuConfig) use(ownNetns bool) []string {
+	cc.once.Do(func() { cc.options = setUpCRIUConfig(criuConfigPath, ownNetns) })
+	return cc.options
+}
+
+func setUpCRIUConfig(path string, ownNetns bool) []string {
+	logger := log.L.WithField("criu_config", path)
 	if os.Getenv("CRIU_CONFIG_FILE") != "" {
 		logger.Info("precopy: CRIU_CONFIG_FILE set by the operator; CRIU options left as configured")
-		return
+		return nil
 	}
 	var lines []string
-	probe := "network_lock_nftables"
-	if err := criuCheck("", "network_lock_nftables"); err != nil {
+	probe := "mem_dirty_track"
+	switch err := criuCheck("", "network_lock_nftables"); {
+	case !ownNetns:
+		logger.Info("precopy: the container uses the host's network namespace; CRIU keeps its network lock method (iptables), which locks nothing there but TCP connections")
+	case err != nil:
 		logger.WithError(err).Info("precopy: CRIU cannot lock the network with nftables here; it keeps iptables")
-		probe = "mem_dirty_track"
-	} else {
+	default:
 		lines = append(lines, "network-lock nftables")
+		probe = "network_lock_nftables"
 	}
 	if ok, _ := softDirty(); ok {
 		lines = append(lines, "pre-dump-mode read")
 	}
 	if len(lines) == 0 {
-		return
+		return nil
 	}
-	if err := writeCRIUConfig(criuConfigPath, lines); err != nil {
+	// One file per set of lines: shims of containers with and without a
+	// network namespace run side by side.
+	path = fmt.Sprintf("%s.%s", strings.TrimSuffix(path, ".conf"), configName(lines))
+	if err := writeCRIUConfig(path, lines); err != nil {
 		logger.WithError(err).Warn("precopy: cannot write CRIU config; CRIU keeps its defaults")
-		return
+		return nil
 	}
-	if err := criuCheck(criuConfigPath, probe); err != nil {
+	if err := criuCheck(path, probe); err != nil {
 		logger.WithError(err).WithField("options", lines).Warn("precopy: CRIU rejects precopy's config; CRIU keeps its defaults")
-		return
+		return nil
 	}
-	os.Setenv("CRIU_CONFIG_FILE", criuConfigPath)
-	criuOptions = lines
-	logger.WithField("options", lines).Info("precopy: CRIU options set")
-})
+	os.Setenv("CRIU_CONFIG_FILE", path)
+	logger.WithFields(log.Fields{"options": lines, "file": path}).Info("precopy: CRIU options set")
+	return lines
+}
+
+// configName names a config file by its options: "nftables-read.conf".
+func configName(lines []string) string {
+	var parts []string
+	for _, l := range lines {
+		f := strings.Fields(l)
+		parts = append(parts, f[len(f)-1])
+	}
+	return strings.Join(parts, "-") + ".conf"
+}
 
 // criuCheck runs `criu check --feature feature`, with config as CRIU's
 // config file if set: it fails when the feature is missing or CRIU cannot

@@ -57,6 +57,9 @@ type container struct {
 	// readonlyRootfs: the OCI spec's root.readonly, which makes an early
 	// thaw safe (no rw-layer change can follow the dump).
 	readonlyRootfs bool
+	// ownNetns: the container has a network namespace of its own, which
+	// CRIU locks during the dump (see criuConfig).
+	ownNetns bool
 	// upper is the writable layer of the rootfs (the overlay upper dir
 	// the snapshotter mounted), which precopyd can pin for an early thaw
 	// of a writable rootfs; "" when unknown. pinned: precopyd holds a pin
@@ -178,7 +181,7 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 			settings.Policy.TimeBudget = left
 		}
 	}
-	useCRIUConfig()
+	s.criu.use(c.ownNetns)
 	r, err := newRunc(c.bundle, c.namespace)
 	if err != nil {
 		return skip(err.Error())

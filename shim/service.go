@@ -51,6 +51,8 @@ type Service struct {
 	containers map[string]*container
 	// pins are clients of precopyd, by socket address (see pinClient).
 	pins map[string]*pins.Client
+	// criu is the CRIU configuration of this shim's dumps.
+	criu criuConfig
 }
 
 // New wraps inner, the runc-v2 task service of this shim process.
@@ -91,7 +93,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if s.configErr != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, s.configErr, errdefs.ErrInvalidArgument))
 	}
-	settings, readonlyRootfs, err := s.settingsOf(r.Bundle)
+	settings, spec, err := s.settingsOf(r.Bundle)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
 	}
@@ -103,11 +105,11 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if err != nil {
 		return nil, err
 	}
-	c := &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: settings, readonlyRootfs: readonlyRootfs, upper: writableLayer(r.Rootfs)}
+	c := &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: settings, readonlyRootfs: spec.readonlyRootfs, ownNetns: spec.ownNetns, upper: writableLayer(r.Rootfs)}
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
-	if c.upper != "" && settings.PrecopydAddress != "" && !readonlyRootfs {
+	if c.upper != "" && settings.PrecopydAddress != "" && !c.readonlyRootfs {
 		// Connect to precopyd now, not in a checkpoint's frozen window.
 		if _, err := os.Stat(settings.PrecopydAddress); err == nil {
 			s.pinClient(settings.PrecopydAddress)
@@ -115,29 +117,51 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	}
 	// Probing CRIU takes a few execs of it: do it now, not inside the
 	// first checkpoint's frozen window.
-	go useCRIUConfig()
+	go s.criu.use(c.ownNetns)
 	log.G(ctx).WithFields(log.Fields{"id": r.ID, "restore": r.Checkpoint != "", "precopy_mode": settings.Mode}).Debug("precopy: create")
 	return resp, nil
 }
 
-// settingsOf reads the container's settings and whether its rootfs is
-// read-only from the bundle's OCI spec.
-func (s *Service) settingsOf(bundle string) (Settings, bool, error) {
+// specFacts are what the shim needs to know of a container's OCI spec
+// besides its settings.
+type specFacts struct {
+	// readonlyRootfs: root.readonly.
+	readonlyRootfs bool
+	// ownNetns: the container has a network namespace other than the
+	// host's (a new one, or one it joins, such as its pod's).
+	ownNetns bool
+}
+
+// settingsOf reads the container's settings and specFacts from the
+// bundle's OCI spec.
+func (s *Service) settingsOf(bundle string) (Settings, specFacts, error) {
 	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
-		return Settings{}, false, err
+		return Settings{}, specFacts{}, err
 	}
 	var spec struct {
 		Annotations map[string]string `json:"annotations"`
 		Root        *struct {
 			Readonly bool `json:"readonly"`
 		} `json:"root"`
+		Linux *struct {
+			Namespaces []struct {
+				Type string `json:"type"`
+			} `json:"namespaces"`
+		} `json:"linux"`
 	}
 	if err := json.Unmarshal(b, &spec); err != nil {
-		return Settings{}, false, fmt.Errorf("read OCI spec: %w", err)
+		return Settings{}, specFacts{}, fmt.Errorf("read OCI spec: %w", err)
+	}
+	var facts specFacts
+	facts.readonlyRootfs = spec.Root != nil && spec.Root.Readonly
+	if spec.Linux != nil {
+		for _, ns := range spec.Linux.Namespaces {
+			facts.ownNetns = facts.ownNetns || ns.Type == "network"
+		}
 	}
 	settings, err := s.defaults.With(spec.Annotations)
-	return settings, spec.Root != nil && spec.Root.Readonly, err
+	return settings, facts, err
 }
 
 // Pause pre-copies the container's memory while it runs, then freezes it.
@@ -204,11 +228,11 @@ func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes
 // pausing it, after pre-copying now. The image is flat either way, and
 // holds precopy's report.
 func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*ptypes.Empty, error) {
-	useCRIUConfig()
 	c := s.container(r.ID)
 	if c == nil {
 		return s.TTRPCTaskService.Checkpoint(ctx, r)
 	}
+	criuOptions := s.criu.use(c.ownNetns)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// What the Pause before decided stands; without one (a client that

@@ -1,0 +1,46 @@
+//go:build linux
+
+package shim
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestSpecFacts reads what the shim needs of a container's OCI spec: a
+// read-only rootfs, and whether it has a network namespace of its own
+// (new or joined, like a pod's) or the host's.
+func TestSpecFacts(t *testing.T) {
+	for name, tc := range map[string]struct {
+		spec string
+		want specFacts
+	}{
+		"own netns":       {`{"linux":{"namespaces":[{"type":"pid"},{"type":"network"}]}}`, specFacts{ownNetns: true}},
+		"pod's netns":     {`{"linux":{"namespaces":[{"type":"network","path":"/var/run/netns/cni-1"}]}}`, specFacts{ownNetns: true}},
+		"host netns":      {`{"root":{"readonly":true},"linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}}`, specFacts{readonlyRootfs: true}},
+		"no linux at all": {`{}`, specFacts{}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			bundle := t.TempDir()
+			if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(tc.spec), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, got, err := New(nil, DefaultSettings()).settingsOf(bundle)
+			if err != nil || got != tc.want {
+				t.Fatalf("facts %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestCRIUConfigName(t *testing.T) {
+	for want, lines := range map[string][]string{
+		"nftables-read.conf": {"network-lock nftables", "pre-dump-mode read"},
+		"read.conf":          {"pre-dump-mode read"},
+	} {
+		if got := configName(lines); got != want {
+			t.Errorf("configName(%q) = %q, want %q", lines, got, want)
+		}
+	}
+}
