@@ -109,8 +109,10 @@ func Render(dir string, rows []Row, about []string) error {
 			return err
 		}
 	}
+	// Disk cells only: on precopyd, precopy thaws early, and the window
+	// (Pause to Resume) would count a write that ran after the thaw.
 	var window []*Cell
-	for _, c := range all {
+	for _, c := range cells {
 		if c.Workload == "low" {
 			window = append(window, c)
 		}
