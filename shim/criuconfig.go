@@ -72,12 +72,11 @@ func setUpCRIUConfig(path string, ownNetns bool) []string {
 	}
 	var lines []string
 	probe := "mem_dirty_track"
-	switch err := criuCheck("", "network_lock_nftables"); {
-	case !ownNetns:
+	if !ownNetns {
 		logger.Info("precopy: the container uses the host's network namespace; CRIU keeps its network lock method (iptables), which locks nothing there but TCP connections")
-	case err != nil:
+	} else if err := criuCheck("", "network_lock_nftables"); err != nil {
 		logger.WithError(err).Info("precopy: CRIU cannot lock the network with nftables here; it keeps iptables")
-	default:
+	} else {
 		lines = append(lines, "network-lock nftables")
 		probe = "network_lock_nftables"
 	}

@@ -204,7 +204,7 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 	chain, err := e.Run(ctx)
 	c.endRounds()
 	if err != nil {
-		thawAfterFailedRound(ctx, r, c.id)
+		thawIfLeftFrozen(ctx, r, c.id)
 		return skip(err.Error())
 	}
 	report.Rounds, report.Stop, report.PreCopy = chain.Rounds, &chain.Stop, chain.Duration
@@ -225,12 +225,14 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 	return chain, report
 }
 
-// thawAfterFailedRound thaws a container that a failed round left frozen.
-// CRIU freezes the container's cgroup for each round and thaws it before
-// it exits; a CRIU that was killed (OOM, a signal, the request's context
-// ending) leaves the cgroup frozen. Pre-copy only starts on a running
-// container and callers hold c.mu, so a frozen cgroup here is the round's.
-func thawAfterFailedRound(ctx context.Context, r *gorunc.Runc, id string) {
+// thawIfLeftFrozen thaws a container that a failed CRIU dump (a round, or
+// a final dump of a task the client did not pause) left frozen. CRIU
+// freezes the container's cgroup to dump it and thaws it before it exits;
+// a CRIU that was killed (OOM, a signal, the request's context ending)
+// leaves the cgroup frozen. Callers make sure the task was running before
+// the dump (pre-copy only starts on a running container; thawIfCRIUFroze
+// asks containerd) and hold c.mu, so a frozen cgroup here is CRIU's.
+func thawIfLeftFrozen(ctx context.Context, r *gorunc.Runc, id string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	st, err := r.State(ctx, id)
@@ -262,7 +264,7 @@ func (s *Service) thawIfCRIUFroze(ctx context.Context, c *container) {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("precopy: check for a frozen cgroup after a failed dump")
 		return
 	}
-	thawAfterFailedRound(ctx, r, c.id)
+	thawIfLeftFrozen(ctx, r, c.id)
 }
 
 // flatten makes a round stand alone. The engine removes the round before
