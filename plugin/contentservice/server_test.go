@@ -32,11 +32,7 @@ func serve(t testing.TB, root string, store content.Store) (content.Store, func(
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 
-	conn, err := grpc.NewClient("unix://"+sock,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
-			grpc.MaxCallSendMsgSize(defaults.DefaultMaxSendMsgSize)))
+	conn, err := dial(sock)
 	if err != nil {
 		srv.Stop()
 		t.Fatal(err)
@@ -46,6 +42,16 @@ func serve(t testing.TB, root string, store content.Store) (content.Store, func(
 		srv.GracefulStop()
 		return <-served
 	}
+}
+
+// dial connects to a content service on sock as containerd connects to a
+// proxy plugin.
+func dial(sock string) (*grpc.ClientConn, error) {
+	return grpc.NewClient("unix://"+sock,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
+			grpc.MaxCallSendMsgSize(defaults.DefaultMaxSendMsgSize)))
 }
 
 // TestContentSuiteOverGRPC runs containerd's content store conformance

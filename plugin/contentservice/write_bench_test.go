@@ -9,11 +9,8 @@ import (
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/content/proxy"
-	"github.com/containerd/containerd/v2/defaults"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"google.golang.org/grpc"
 
 	"github.com/precopy/precopy/plugin/memstore"
 )
@@ -28,9 +25,7 @@ import (
 // that socket (a precopyd) instead, across processes as containerd does.
 func BenchmarkWriteOverGRPC(b *testing.B) {
 	if sock := os.Getenv("PRECOPY_BENCH_CONTENT_SOCKET"); sock != "" {
-		conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
-				grpc.MaxCallSendMsgSize(defaults.DefaultMaxSendMsgSize)))
+		conn, err := dial(sock)
 		if err != nil {
 			b.Fatal(err)
 		}
