@@ -219,11 +219,16 @@ func memloadChain(t *testing.T, memload string, mib int) {
 	chain := filepath.Join(root, "chain")
 	describeChain(t, chain)
 	want := memoryOfDir(t, filepath.Join(chain, "d3"))
+	// The dump may catch memload with its status file (or the .tmp it
+	// renames over it) open; CRIU's restore then wants that file as it was
+	// at the dump, and each restore below runs memload, which rewrites it.
+	atDump := statusFilesAt(t, status)
 
 	for _, f := range flattenings {
 		t.Run(f.name, func(t *testing.T) {
 			dst := filepath.Join(root, f.name)
 			flattenCopy(t, fmt.Sprintf("%dMiB %s", mib, f.name), chain, dst, f.dirs, f.consumeLast, want)
+			putBackStatusFiles(t, status, atDump)
 			restore(t, filepath.Join(dst, "d3"), filepath.Join(root, "logs", f.name+"-restore.log"), pid)
 			out, err := exec.Command(memload, "query", "-status", status, "-pid", strconv.Itoa(pid), "-timeout", "5m").Output()
 			if err != nil {
@@ -239,6 +244,40 @@ func memloadChain(t *testing.T, memload string, mib int) {
 			t.Logf("restored memload verified %d pages at cursor %d", st.Pages, st.QueryCursor)
 			killAndReap(pid)
 		})
+	}
+}
+
+// statusFilesAt returns the content of a workload's status file and of
+// the temporary file it writes first (nil where there is none).
+func statusFilesAt(t *testing.T, status string) map[string][]byte {
+	t.Helper()
+	files := map[string][]byte{}
+	for _, p := range []string{status, status + ".tmp"} {
+		b, err := os.ReadFile(p)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		files[p] = b
+	}
+	return files
+}
+
+// putBackStatusFiles makes the status files what statusFilesAt saw.
+func putBackStatusFiles(t *testing.T, status string, files map[string][]byte) {
+	t.Helper()
+	for p, b := range files {
+		var err error
+		if b == nil {
+			err = os.Remove(p)
+			if errors.Is(err, os.ErrNotExist) {
+				err = nil
+			}
+		} else {
+			err = os.WriteFile(p, b, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
