@@ -2,7 +2,7 @@
 # Brings a Debian 12 machine to what precopy builds and tests against:
 # containerd + ctr + containerd-shim-runc-v2 and runc built from their Go
 # modules, crictl and checkpointctl (the Kubernetes path's client and archive
-# reader) from theirs, CRIU built from Debian trixie's source tarball, and the
+# reader) and three CNI plugins (pod networks for the CRI bench) from theirs, CRIU built from Debian trixie's source tarball, and the
 # Debian packages CRIU, runc and the soft-dirty VM tier need. Idempotent: each piece
 # is checked first and only installed when missing or at another version.
 #
@@ -13,6 +13,7 @@ CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
 RUNC_VERSION=${RUNC_VERSION:-1.5.2}
 CRIU_VERSION=${CRIU_VERSION:-4.1.1}
 CRICTL_VERSION=${CRICTL_VERSION:-1.37.0}
+CNI_PLUGINS_VERSION=${CNI_PLUGINS_VERSION:-1.10.0}
 # checkpointctl 1.7.0 needs go-criu v8.5.0, which the module proxy does not
 # serve.
 CHECKPOINTCTL_VERSION=${CHECKPOINTCTL_VERSION:-1.6.0}
@@ -151,10 +152,35 @@ install_criu() {
 	rm -rf "$build"
 }
 
+# CNI plugins give CRI pods a network namespace of their own, as Kubernetes
+# pods have: loopback (the CRI plugin always sets lo up with it), dummy and
+# static (an eth0 with a fixed address inside the pod's namespace and
+# nothing on the host: no bridge, route, iptables rule or IPAM state to
+# leak). Kept out of /opt/cni/bin, which belongs to the machine's own CNI
+# setup; the test harness points its CRI plugin here.
+CNI_DIR=$PREFIX/libexec/precopy/cni
+install_cni_plugins() {
+	if [ "$(cat "$CNI_DIR/VERSION" 2>/dev/null)" = "$CNI_PLUGINS_VERSION" ] &&
+		[ -x "$CNI_DIR/loopback" ] && [ -x "$CNI_DIR/dummy" ] && [ -x "$CNI_DIR/static" ]; then
+		log "CNI plugins $CNI_PLUGINS_VERSION: present"
+		return
+	fi
+	log "CNI plugins $CNI_PLUGINS_VERSION: building loopback, dummy, static"
+	local m=github.com/containernetworking/plugins tmp; tmp=$(mktemp -d)
+	CGO_ENABLED=0 GOBIN=$tmp GOFLAGS=-mod=mod go install \
+		"$m/plugins/main/loopback@v$CNI_PLUGINS_VERSION" "$m/plugins/main/dummy@v$CNI_PLUGINS_VERSION" \
+		"$m/plugins/ipam/static@v$CNI_PLUGINS_VERSION" || { rm -rf "$tmp"; die "CNI plugins $CNI_PLUGINS_VERSION build failed"; }
+	install -d -m 0755 "$CNI_DIR"
+	install -m 0755 "$tmp"/* "$CNI_DIR/"
+	echo "$CNI_PLUGINS_VERSION" >"$CNI_DIR/VERSION"
+	rm -rf "$tmp"
+}
+
 install_debian_packages
 install_containerd
 install_runc
 install_crictl
 install_checkpointctl
+install_cni_plugins
 install_criu
-log "ready: $("$PREFIX/bin/containerd" --version | cut -d' ' -f3), runc $("$PREFIX/bin/runc" --version | head -1 | cut -d' ' -f3), criu $("$PREFIX/sbin/criu" --version | head -1 | cut -d' ' -f2), crictl $CRICTL_VERSION, checkpointctl $CHECKPOINTCTL_VERSION"
+log "ready: $("$PREFIX/bin/containerd" --version | cut -d' ' -f3), runc $("$PREFIX/bin/runc" --version | head -1 | cut -d' ' -f3), criu $("$PREFIX/sbin/criu" --version | head -1 | cut -d' ' -f2), crictl $CRICTL_VERSION, checkpointctl $CHECKPOINTCTL_VERSION, CNI plugins $CNI_PLUGINS_VERSION"

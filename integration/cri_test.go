@@ -110,6 +110,59 @@ func testCRICheckpoint(t *testing.T, handler string, a criAnnotations) {
 	checkMemoryContinued(t, before, st)
 }
 
+// TestCRICheckpointPodNetwork checkpoints a pod with a network namespace
+// of its own, as most Kubernetes pods have (the other TestCRI* use the
+// host's), through the CRI API on install path (a): the container keeps
+// running, the archive is valid, and precopy locked the pod's network
+// with nftables where CRIU can (a library call instead of CRIU exec'ing
+// iptables-restore inside the frozen window).
+func TestCRICheckpointPodNetwork(t *testing.T) {
+	if err := harness.CanMakePodNetwork(); err != nil {
+		t.Skipf("no pod network here: %v", err)
+	}
+	d, cri := startCRIDaemon(t)
+	ctx := testContext(t, d)
+	pod, err := d.CreateMemloadPod(ctx, cri, harness.MemloadPodSpec{
+		Name: "ckpt-podnet", Handler: handlerRuncPath, ContainerAnnotations: lowMinSize,
+		Args: lowDirtyArgs, LogDir: t.TempDir(), PodNetwork: true,
+	})
+	if pod.ID != "" {
+		t.Cleanup(func() { removeCRIPod(t, cri, pod.ID) })
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cri.Runtime.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: pod.ContainerID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WaitCRIMemload(ctx, pod.ContainerID); err != nil {
+		t.Fatal(err)
+	}
+	sandbox, err := cri.Runtime.PodSandboxStatus(ctx, &runtime.PodSandboxStatusRequest{PodSandboxId: pod.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip := sandbox.GetStatus().GetNetwork().GetIp(); ip == "" {
+		t.Fatalf("pod %s has no IP: not in a network of its own", pod.ID)
+	}
+
+	before := queryCRIMemload(t, ctx, cri, pod.ContainerID)
+	archive := filepath.Join(t.TempDir(), "podnet.tar")
+	if _, err := cri.Runtime.CheckpointContainer(ctx, &runtime.CheckpointContainerRequest{
+		ContainerId: pod.ContainerID, Location: archive,
+	}); err != nil {
+		t.Fatalf("CRI CheckpointContainer: %v", err)
+	}
+	requireCRIState(t, ctx, cri, pod.ContainerID, runtime.ContainerState_CONTAINER_RUNNING)
+	checkMemoryContinued(t, before, queryCRIMemload(t, ctx, cri, pod.ContainerID))
+	report := checkCRIArchive(t, ctx, archive, before, true)
+	if err := harness.CRIUCheck(ctx, stack.criuEnv, "network_lock_nftables"); err != nil {
+		t.Logf("CRIU cannot lock with nftables here (%v): precopy keeps iptables", err)
+	} else if !slices.Contains(report.CRIUOptions, "network-lock nftables") {
+		t.Errorf("the pod has its own network namespace and CRIU can lock it with nftables, but precopy's CRIU options are %q", report.CRIUOptions)
+	}
+}
+
 // checkCRIArchive checks a checkpoint archive the CRI plugin wrote: the
 // files Kubernetes tools expect, a flat checkpoint/ image set with
 // precopy's report in it (rounds on a kernel with soft-dirty, else a

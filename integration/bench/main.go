@@ -50,15 +50,17 @@ var scenarios = map[string]scenario{
 	"low-dirty-1g":   {args: []string{"-mib", "1024", "-dirty-mibps", "16", "-hot", "0.1"}},
 	// Rewrites all of its memory faster than CRIU dumps it.
 	"write-all-256m": {args: []string{"-mib", "256", "-dirty-mibps", "4096", "-hot", "1"}},
-	// precopy thaws the container right after its final dump (opted in:
-	// the workload's rootfs is writable).
 	// Both through the CRI plugin: stock runc-v2 and precopy's shim as
-	// runtime_path of a runc-v2 handler (install path (a) in the README).
+	// runtime_path of a runc-v2 handler (install path (a) in the README),
+	// in pods with a network namespace of their own, as most Kubernetes
+	// pods have (a host-network pod has no network for CRIU to lock).
 	"cri-low-dirty-256m": {args: []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"}, cri: true},
 	// Both shims on precopyd's memory-backed content store and
 	// snapshotter; precopy thaws early on a pinned writable layer.
 	"low-dirty-256m-precopyd": {args: []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"}, precopyd: true},
 	"low-dirty-1g-precopyd":   {args: []string{"-mib", "1024", "-dirty-mibps", "16", "-hot", "0.1"}, precopyd: true},
+	// precopy thaws the container right after its final dump (opted in:
+	// the workload's rootfs is writable).
 	"low-dirty-256m-early-thaw": {
 		args:        []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"},
 		annotations: map[string]string{policy.AnnotationEarlyThaw: string(policy.EarlyThawForce)},
@@ -145,7 +147,7 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 	d := env.Daemon
 	ctx = d.Context(ctx)
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %v; precopyd content store and snapshotter %v; kernel %s; %d runs per configuration, alternating; %s\n",
+	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %v (pods with their own network namespace); precopyd content store and snapshotter %v; kernel %s; %d runs per configuration, alternating; %s\n",
 		name, strings.Join(sc.args, " "), sc.annotations, sc.cri, sc.precopyd, strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))
 
 	measure := func(id string, precopy bool, args []string) (harness.Measurement, error) {
@@ -158,7 +160,7 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 		}
 		defer cri.Close()
 		measure = func(id string, precopy bool, args []string) (harness.Measurement, error) {
-			spec := harness.MemloadPodSpec{Name: id, Handler: criStockHandler, Args: args}
+			spec := harness.MemloadPodSpec{Name: id, Handler: criStockHandler, Args: args, PodNetwork: true}
 			if precopy {
 				spec.Handler, spec.ContainerAnnotations = criPrecopyHandler, sc.annotations
 			}

@@ -2,6 +2,8 @@ package harness
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,11 +15,12 @@ const CRINamespace = "k8s.io"
 
 // CRIOptions turn containerd's CRI plugin on in a private daemon, set up
 // so that everything it writes stays in the daemon's directory: its
-// root and state (under containerd's), CNI's config and binary dirs (it
-// creates the config dir), CDI's spec dirs, and runc's state for handlers
-// with runc's options. Pods run with host networking, so no CNI plugin is
-// needed; NRI stays off (its socket is machine-wide); the streaming
-// server listens on a loopback port of the kernel's choice.
+// root and state (under containerd's), CNI's config dir, CDI's spec dirs,
+// and runc's state for handlers with runc's options. Pods run with host
+// networking unless they ask for a network of their own
+// (MemloadPodSpec.PodNetwork), which takes the CNI plugins `make deps`
+// installs in CNIPluginDir; NRI stays off (its socket is machine-wide);
+// the streaming server listens on a loopback port of the kernel's choice.
 type CRIOptions struct {
 	// Handlers are the runtime handlers pods may name; the first is the
 	// default (an empty RuntimeHandler).
@@ -46,6 +49,57 @@ type CRIHandler struct {
 	// annotations the handler passes to the runtime in the OCI spec:
 	// precopy's settings need "io.precopy.*".
 	Annotations []string
+}
+
+// CNIPluginDir is where `make deps` installs the CNI plugins pod networks
+// need (hack/deps.sh): loopback, dummy and static.
+const CNIPluginDir = "/usr/local/libexec/precopy/cni"
+
+// podNetworkConfig is the CNI network of pods with a network namespace of
+// their own: lo, and an eth0 dummy link with a fixed address, all inside
+// the pod's namespace; nothing on the host (no bridge, route, iptables
+// rule or IPAM state) that could outlive a test. One address for every
+// pod is fine: each has its own namespace and none talks to another. The
+// CRI plugin wants an IP on eth0, which is why lo alone will not do.
+const podNetworkConfig = `{
+  "cniVersion": "1.0.0",
+  "name": "precopy-test",
+  "plugins": [
+    {"type": "dummy", "ipam": {"type": "static", "addresses": [{"address": "10.88.0.2/24"}]}}
+  ]
+}
+`
+
+// CanMakePodNetwork says why pods cannot have podNetworkConfig's network
+// here, if they cannot: the CNI plugins are missing (make deps), or the
+// kernel has no dummy links (tried in a throwaway network namespace).
+func CanMakePodNetwork() error {
+	for _, p := range []string{"loopback", "dummy", "static"} {
+		if _, err := os.Stat(filepath.Join(CNIPluginDir, p)); err != nil {
+			return fmt.Errorf("CNI plugin %s: %w (make deps installs it)", p, err)
+		}
+	}
+	out, err := exec.Command("unshare", "--net", "ip", "link", "add", "probe0", "type", "dummy").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("this kernel cannot make dummy links (ip link add type dummy: %v: %s)", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// writeCNIConfig puts podNetworkConfig in the daemon's CNI config dir,
+// which the CRI plugin reads at start.
+func (d *Daemon) writeCNIConfig() error {
+	if d.cri == nil {
+		return nil
+	}
+	dir := filepath.Join(d.Dir, "cni", "net.d")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("CNI config: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "10-precopy-test.conflist"), []byte(podNetworkConfig), 0o600); err != nil {
+		return fmt.Errorf("CNI config: %w", err)
+	}
+	return nil
 }
 
 // criPlugins are the plugins that make up containerd's CRI support.
@@ -99,7 +153,7 @@ func (d *Daemon) criConfig() string {
     conf_dir = %q
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = %q
-`, PauseImage, filepath.Join(d.Dir, "cdi"), filepath.Join(d.Dir, "cni", "bin"), filepath.Join(d.Dir, "cni", "net.d"), defaultHandler)
+`, PauseImage, filepath.Join(d.Dir, "cdi"), CNIPluginDir, filepath.Join(d.Dir, "cni", "net.d"), defaultHandler)
 	for _, h := range d.cri.Handlers {
 		table := fmt.Sprintf(`plugins."io.containerd.cri.v1.runtime".containerd.runtimes.%q`, h.Name)
 		fmt.Fprintf(&b, "\n[%s]\n  runtime_type = %q\n", table, h.RuntimeType)

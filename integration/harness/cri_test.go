@@ -9,7 +9,8 @@ import (
 
 // TestCRIConfigStaysInDaemonDir checks the promise of CRIOptions: every
 // path the CRI config gives containerd is in the daemon's directory (but
-// the shim binary a handler names), and NRI, whose socket is
+// the shim binary a handler names and the CNI plugins' dir, both only
+// read), and NRI, whose socket is
 // machine-wide, stays off.
 func TestCRIConfigStaysInDaemonDir(t *testing.T) {
 	d := &Daemon{Dir: "/tmp/precopy-ctrd-test", Namespace: "ns", cri: &CRIOptions{Handlers: []CRIHandler{
@@ -18,7 +19,7 @@ func TestCRIConfigStaysInDaemonDir(t *testing.T) {
 	}}}
 	config := d.criConfig()
 	for _, m := range regexp.MustCompile(`"(/[^"]*)"`).FindAllStringSubmatch(config, -1) {
-		if p := m[1]; p != "/opt/bin/shim" && !strings.HasPrefix(p, d.Dir+"/") {
+		if p := m[1]; p != "/opt/bin/shim" && p != CNIPluginDir && !strings.HasPrefix(p, d.Dir+"/") {
 			t.Errorf("CRI config names %s, outside %s:\n%s", p, d.Dir, config)
 		}
 	}

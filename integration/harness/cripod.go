@@ -12,9 +12,9 @@ import (
 )
 
 // MemloadPod is a pod sandbox with one memload container, as the kubelet
-// would make them: host network (no CNI here), the container in its own
-// pid namespace (Kubernetes' default without shareProcessNamespace) and
-// the pod's IPC namespace.
+// would make them: the host's network or the pod's own, the container in
+// its own pid namespace (Kubernetes' default without
+// shareProcessNamespace) and the pod's IPC namespace.
 type MemloadPod struct {
 	ID, ContainerID string
 	Config          *runtime.PodSandboxConfig
@@ -31,12 +31,23 @@ type MemloadPodSpec struct {
 	Args []string
 	// LogDir is the pod's log directory.
 	LogDir string
+	// PodNetwork gives the pod a network namespace of its own, as most
+	// Kubernetes pods have (podNetworkConfig; needs the CNI plugins of
+	// `make deps` and a kernel with dummy links); else it uses the host's
+	// (hostNetwork: true), which needs no CNI.
+	PodNetwork bool
 }
 
-var memloadPodNamespaces = &runtime.NamespaceOption{
-	Network: runtime.NamespaceMode_NODE,
-	Pid:     runtime.NamespaceMode_CONTAINER,
-	Ipc:     runtime.NamespaceMode_POD,
+func (s MemloadPodSpec) namespaces() *runtime.NamespaceOption {
+	ns := &runtime.NamespaceOption{
+		Network: runtime.NamespaceMode_NODE,
+		Pid:     runtime.NamespaceMode_CONTAINER,
+		Ipc:     runtime.NamespaceMode_POD,
+	}
+	if s.PodNetwork {
+		ns.Network = runtime.NamespaceMode_POD
+	}
+	return ns
 }
 
 // CreateMemloadPod runs a pod and creates (not starts) its memload
@@ -49,7 +60,7 @@ func (d *Daemon) CreateMemloadPod(ctx context.Context, cri *CRIClient, spec Meml
 		Annotations:  spec.PodAnnotations,
 		Linux: &runtime.LinuxPodSandboxConfig{
 			CgroupParent:    d.CRICgroupParent(),
-			SecurityContext: &runtime.LinuxSandboxSecurityContext{NamespaceOptions: memloadPodNamespaces},
+			SecurityContext: &runtime.LinuxSandboxSecurityContext{NamespaceOptions: spec.namespaces()},
 		},
 	}
 	run, err := cri.Runtime.RunPodSandbox(ctx, &runtime.RunPodSandboxRequest{Config: config, RuntimeHandler: spec.Handler})
@@ -67,7 +78,7 @@ func (d *Daemon) CreateMemloadPod(ctx context.Context, cri *CRIClient, spec Meml
 			LogPath:     "memload.log",
 			Annotations: spec.ContainerAnnotations,
 			Linux: &runtime.LinuxContainerConfig{
-				SecurityContext: &runtime.LinuxContainerSecurityContext{NamespaceOptions: memloadPodNamespaces},
+				SecurityContext: &runtime.LinuxContainerSecurityContext{NamespaceOptions: spec.namespaces()},
 			},
 		},
 		SandboxConfig: config,

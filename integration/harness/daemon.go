@@ -88,6 +88,9 @@ func StartDaemon(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 			d.Close()
 		}
 	}()
+	if err := d.writeCNIConfig(); err != nil {
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
 	cfg := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfg, []byte(d.config(d.criConfig()+o.ExtraConfig, o.DisabledPlugins)), 0o600); err != nil {
 		return nil, fmt.Errorf("start containerd: %w", err)

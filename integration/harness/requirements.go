@@ -154,12 +154,22 @@ func checkCRIU() error {
 // exit status: go-criu's FeatureCheck echoes the request back and is no
 // answer. reason says why not.
 func SoftDirty(ctx context.Context) (ok bool, reason string) {
-	out, err := exec.CommandContext(ctx, "criu", "check", "--feature", "mem_dirty_track").CombinedOutput()
-	if err != nil {
-		return false, fmt.Sprintf("this kernel cannot track dirty memory (criu check --feature mem_dirty_track: %s): pre-dump needs CONFIG_MEM_SOFT_DIRTY; run the soft-dirty VM tier (make test-vm)",
-			strings.TrimSpace(lastLine(string(out), err)))
+	if err := CRIUCheck(ctx, nil, "mem_dirty_track"); err != nil {
+		return false, fmt.Sprintf("this kernel cannot track dirty memory (%v): pre-dump needs CONFIG_MEM_SOFT_DIRTY; run the soft-dirty VM tier (make test-vm)", err)
 	}
 	return true, ""
+}
+
+// CRIUCheck runs `criu check --feature feature` with env added to the
+// environment; the error carries the last line CRIU printed.
+func CRIUCheck(ctx context.Context, env []string, feature string) error {
+	cmd := exec.CommandContext(ctx, "criu", "check", "--feature", feature)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("criu check --feature %s: %s", feature, strings.TrimSpace(lastLine(string(out), err)))
+	}
+	return nil
 }
 
 func lastLine(out string, err error) string {
