@@ -153,22 +153,23 @@ install_criu() {
 }
 
 # CNI plugins give CRI pods a network namespace of their own, as Kubernetes
-# pods have: loopback (the CRI plugin always sets lo up with it), dummy and
-# static (an eth0 with a fixed address inside the pod's namespace and
-# nothing on the host: no bridge, route, iptables rule or IPAM state to
-# leak). Kept out of /opt/cni/bin, which belongs to the machine's own CNI
+# pods have: loopback (the CRI plugin always sets lo up with it), tap and
+# static (an eth0 tap link with a fixed address inside the pod's namespace
+# and nothing on the host: no bridge, veth, route, iptables rule or IPAM
+# state to leak; dummy links would do too, but this host kernel lacks
+# them). Kept out of /opt/cni/bin, which belongs to the machine's own CNI
 # setup; the test harness points its CRI plugin here.
 CNI_DIR=$PREFIX/libexec/precopy/cni
 install_cni_plugins() {
 	if [ "$(cat "$CNI_DIR/VERSION" 2>/dev/null)" = "$CNI_PLUGINS_VERSION" ] &&
-		[ -x "$CNI_DIR/loopback" ] && [ -x "$CNI_DIR/dummy" ] && [ -x "$CNI_DIR/static" ]; then
+		[ -x "$CNI_DIR/loopback" ] && [ -x "$CNI_DIR/tap" ] && [ -x "$CNI_DIR/static" ]; then
 		log "CNI plugins $CNI_PLUGINS_VERSION: present"
 		return
 	fi
-	log "CNI plugins $CNI_PLUGINS_VERSION: building loopback, dummy, static"
+	log "CNI plugins $CNI_PLUGINS_VERSION: building loopback, tap, static"
 	local m=github.com/containernetworking/plugins tmp; tmp=$(mktemp -d)
 	CGO_ENABLED=0 GOBIN=$tmp GOFLAGS=-mod=mod go install \
-		"$m/plugins/main/loopback@v$CNI_PLUGINS_VERSION" "$m/plugins/main/dummy@v$CNI_PLUGINS_VERSION" \
+		"$m/plugins/main/loopback@v$CNI_PLUGINS_VERSION" "$m/plugins/main/tap@v$CNI_PLUGINS_VERSION" \
 		"$m/plugins/ipam/static@v$CNI_PLUGINS_VERSION" || { rm -rf "$tmp"; die "CNI plugins $CNI_PLUGINS_VERSION build failed"; }
 	install -d -m 0755 "$CNI_DIR"
 	install -m 0755 "$tmp"/* "$CNI_DIR/"

@@ -52,36 +52,38 @@ type CRIHandler struct {
 }
 
 // CNIPluginDir is where `make deps` installs the CNI plugins pod networks
-// need (hack/deps.sh): loopback, dummy and static.
+// need (hack/deps.sh): loopback, tap and static.
 const CNIPluginDir = "/usr/local/libexec/precopy/cni"
 
 // podNetworkConfig is the CNI network of pods with a network namespace of
-// their own: lo, and an eth0 dummy link with a fixed address, all inside
-// the pod's namespace; nothing on the host (no bridge, route, iptables
-// rule or IPAM state) that could outlive a test. One address for every
+// their own: lo, and an eth0 tap link with a fixed address, all inside the
+// pod's namespace; nothing on the host (no bridge, veth, route, iptables
+// rule or IPAM state) that could outlive a test. The tap is owned by root
+// (owner and group set), which the plugin makes over netlink rather than
+// by exec'ing ip. One address for every
 // pod is fine: each has its own namespace and none talks to another. The
 // CRI plugin wants an IP on eth0, which is why lo alone will not do.
 const podNetworkConfig = `{
   "cniVersion": "1.0.0",
   "name": "precopy-test",
   "plugins": [
-    {"type": "dummy", "ipam": {"type": "static", "addresses": [{"address": "10.88.0.2/24"}]}}
+    {"type": "tap", "owner": 0, "group": 0, "ipam": {"type": "static", "addresses": [{"address": "10.88.0.2/24"}]}}
   ]
 }
 `
 
 // CanMakePodNetwork says why pods cannot have podNetworkConfig's network
 // here, if they cannot: the CNI plugins are missing (make deps), or the
-// kernel has no dummy links (tried in a throwaway network namespace).
+// kernel has no tap links (tried in a throwaway network namespace).
 func CanMakePodNetwork() error {
-	for _, p := range []string{"loopback", "dummy", "static"} {
+	for _, p := range []string{"loopback", "tap", "static"} {
 		if _, err := os.Stat(filepath.Join(CNIPluginDir, p)); err != nil {
 			return fmt.Errorf("CNI plugin %s: %w (make deps installs it)", p, err)
 		}
 	}
-	out, err := exec.Command("unshare", "--net", "ip", "link", "add", "probe0", "type", "dummy").CombinedOutput()
+	out, err := exec.Command("unshare", "--net", "ip", "tuntap", "add", "probe0", "mode", "tap").CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("this kernel cannot make dummy links (ip link add type dummy: %v: %s)", err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("this kernel cannot make tap links (ip tuntap add: %v: %s)", err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

@@ -33,7 +33,7 @@ type MemloadPodSpec struct {
 	LogDir string
 	// PodNetwork gives the pod a network namespace of its own, as most
 	// Kubernetes pods have (podNetworkConfig; needs the CNI plugins of
-	// `make deps` and a kernel with dummy links); else it uses the host's
+	// `make deps` and a kernel with tap links); else it uses the host's
 	// (hostNetwork: true), which needs no CNI.
 	PodNetwork bool
 }
