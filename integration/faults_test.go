@@ -67,6 +67,54 @@ func criuPids() []int {
 	return pids
 }
 
+// waitForCRIUExit waits until no `criu swrk` is left; when one stays, it
+// fails t with what each is doing (parent, state, kernel stack), which is
+// what tells a CRIU stuck on a dead task from one a killed runc orphaned.
+func waitForCRIUExit(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		pids := criuPids()
+		if len(pids) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			for _, pid := range pids {
+				fmt.Fprintf(&b, "\n%s", describeProcess(pid))
+			}
+			t.Fatalf("timed out waiting for CRIU to exit:%s", b.String())
+		}
+	}
+}
+
+// describeProcess is pid's command line, status and kernel stack, and
+// its parent's command line, for a failure message.
+func describeProcess(pid int) string {
+	read := func(pid int, name string) string {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), name))
+		if err != nil {
+			return err.Error()
+		}
+		return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+	}
+	status := read(pid, "status")
+	ppid := 0
+	var keep []string
+	for _, line := range strings.Split(status, "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		switch k {
+		case "State", "PPid", "TracerPid", "SigPnd", "ShdPnd", "SigBlk":
+			keep = append(keep, k+"="+strings.TrimSpace(v))
+		}
+		if k == "PPid" {
+			ppid, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return fmt.Sprintf("criu %d: %s\n  %s\n  wchan %s\n  stack:\n%s\n  parent %d: %s",
+		pid, read(pid, "cmdline"), strings.Join(keep, " "), read(pid, "wchan"),
+		read(pid, "stack"), ppid, read(ppid, "cmdline"))
+}
+
 // killDumpingCRIU SIGKILLs the CRIU that pre-dumps the process pid into
 // a round under rounds and returns its pid. runc also starts short-lived
 // `criu swrk` processes that only answer a version request, so "the first
@@ -240,7 +288,7 @@ func TestPreCopyExitDuringRounds(t *testing.T) {
 	if _, err := os.Stat(rounds); !os.IsNotExist(err) {
 		t.Errorf("rounds kept after the task exited: %v", err)
 	}
-	waitFor(t, "CRIU to exit", func() bool { return len(criuPids()) == 0 })
+	waitForCRIUExit(t)
 	if _, err := task.Delete(ctx); err != nil {
 		t.Errorf("delete: %v", err)
 	}
