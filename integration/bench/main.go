@@ -104,6 +104,17 @@ func main() {
 		}
 		return
 	}
+	if *logDir != "" {
+		if err := os.MkdirAll(*logDir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -logs:", err)
+			os.Exit(2)
+		}
+		if os.Getenv("PRECOPY_IN_VM") == "1" {
+			// The guest writes the host's files only in a working
+			// directory under /tmp or /run (integration/vm/run.sh).
+			fmt.Fprintf(os.Stderr, "bench: in the VM, CRIU logs in %s reach the host only if it is inside a working directory under /tmp or /run\n", *logDir)
+		}
+	}
 	sc, ok := scenarios[*scenario]
 	if !ok || *runs < 1 {
 		fmt.Fprintf(os.Stderr, "bench: unknown scenario %q (have %s) or runs < 1\n", *scenario, strings.Join(names(), ", "))
@@ -147,8 +158,12 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 	d := env.Daemon
 	ctx = d.Context(ctx)
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %v (pods with their own network namespace); precopyd content store and snapshotter %v; kernel %s; %d runs per configuration, alternating; %s\n",
-		name, strings.Join(sc.args, " "), sc.annotations, sc.cri, sc.precopyd, strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))
+	cri := "false"
+	if sc.cri {
+		cri = "true (pods with their own network namespace)"
+	}
+	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %s; precopyd content store and snapshotter %v; kernel %s; %d runs per configuration, alternating; %s\n",
+		name, strings.Join(sc.args, " "), sc.annotations, cri, sc.precopyd, strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))
 
 	measure := func(id string, precopy bool, args []string) (harness.Measurement, error) {
 		return measureCtr(ctx, d, id, precopy, args, sc.annotations)
