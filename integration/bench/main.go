@@ -162,8 +162,8 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 	if sc.cri {
 		cri = "true (pods with their own network namespace)"
 	}
-	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %s; precopyd content store and snapshotter %v; kernel %s; %d runs per configuration, alternating; %s\n",
-		name, strings.Join(sc.args, " "), sc.annotations, cri, sc.precopyd, strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339))
+	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %s; precopyd content store and snapshotter %v; kernel %s; %d runs per configuration, alternating; %s; commit %s\n",
+		name, strings.Join(sc.args, " "), sc.annotations, cri, sc.precopyd, strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339), commit)
 
 	measure := func(id string, precopy bool, args []string) (harness.Measurement, error) {
 		return measureCtr(ctx, d, id, precopy, args, sc.annotations)
