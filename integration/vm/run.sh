@@ -194,12 +194,16 @@ exec 4<>"$tmp/alive" 5>"$tmp/alive" 6<"$tmp/alive" 4>&-
 # pdeathsig: even if run.sh is SIGKILLed (Go's exec.CommandContext does),
 # qemu dies with it. KVM is unavailable here: TCG only.
 # panic=-1 + -no-reboot: a guest panic ends qemu at once instead of hanging.
+# softlockup_panic=1 watchdog_thresh=60: a CPU stuck in the guest kernel
+# for 120 s is such a panic, not an hour-long wait for the timeout (seen
+# once: runc and another task spinning from boot on; a stall that long is
+# no TCG slowness).
 # loglevel=1: boot messages stay out of the console, KERN_EMERG (panics) not.
 setpriv --pdeathsig KILL -- qemu-system-x86_64 \
 	-accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
 	-nodefaults -no-user-config -display none -no-reboot -nic none \
 	-kernel "$kernel" -initrd "$initrd" \
-	-append "console=ttyS0 loglevel=1 panic=-1" \
+	-append "console=ttyS0 loglevel=1 panic=-1 softlockup_panic=1 watchdog_thresh=60" \
 	-chardev "stdio,id=con,signal=off,logfile=$log" -serial chardev:con \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs "local,path=$share,mount_tag=results,security_model=none" \
@@ -233,7 +237,9 @@ find "$cache/logs" -name '*.log' -mtime +7 -delete
 saved=$cache/logs/console-$(date +%Y%m%d-%H%M%S)-$$.log
 { cat "$log" 2>/dev/null || true; echo "--- qemu stderr (exit $qrc) ---"; cat "$tmp/qemu.err"; } >"$saved"
 if [ -z "$reason" ]; then
-	if grep -q 'Kernel panic' "$log" 2>/dev/null; then
+	if grep -q 'soft lockup' "$log" 2>/dev/null; then
+		reason="guest kernel soft lockup: $(grep -m1 -o 'soft lockup.*' "$log")"
+	elif grep -q 'Kernel panic' "$log" 2>/dev/null; then
 		reason="guest kernel panicked"
 	elif [ -s "$tmp/qemu.err" ] && [ "$qrc" != 0 ]; then
 		reason="qemu failed (exit $qrc): $(head -n1 "$tmp/qemu.err")"
