@@ -61,18 +61,9 @@ func testCRICheckpoint(t *testing.T, handler string, a criAnnotations) {
 	pod := runCRIMemload(t, ctx, d, cri, "ckpt-"+handler, handler, a, lowDirtyArgs...)
 	dir := t.TempDir()
 
-	before := queryCRIMemload(t, ctx, cri, pod.ContainerID)
-	apiArchive := filepath.Join(dir, "api.tar")
-	if _, err := cri.Runtime.CheckpointContainer(ctx, &runtime.CheckpointContainerRequest{
-		ContainerId: pod.ContainerID, Location: apiArchive,
-	}); err != nil {
-		t.Fatalf("CRI CheckpointContainer: %v", err)
-	}
-	requireCRIState(t, ctx, cri, pod.ContainerID, runtime.ContainerState_CONTAINER_RUNNING)
-	checkMemoryContinued(t, before, queryCRIMemload(t, ctx, cri, pod.ContainerID))
-	checkCRIArchive(t, ctx, apiArchive, before, workDir)
+	checkpointCRIRunning(t, ctx, cri, pod.ContainerID, filepath.Join(dir, "api.tar"), workDir)
 
-	before = queryCRIMemload(t, ctx, cri, pod.ContainerID)
+	before := queryCRIMemload(t, ctx, cri, pod.ContainerID)
 	ctlArchive := filepath.Join(dir, "crictl.tar")
 	if _, err := d.Crictl(ctx, "checkpoint", "--export="+ctlArchive, pod.ContainerID); err != nil {
 		t.Fatal(err)
@@ -146,16 +137,7 @@ func TestCRICheckpointPodNetwork(t *testing.T) {
 		t.Fatalf("pod %s has no IP: not in a network of its own", pod.ID)
 	}
 
-	before := queryCRIMemload(t, ctx, cri, pod.ContainerID)
-	archive := filepath.Join(t.TempDir(), "podnet.tar")
-	if _, err := cri.Runtime.CheckpointContainer(ctx, &runtime.CheckpointContainerRequest{
-		ContainerId: pod.ContainerID, Location: archive,
-	}); err != nil {
-		t.Fatalf("CRI CheckpointContainer: %v", err)
-	}
-	requireCRIState(t, ctx, cri, pod.ContainerID, runtime.ContainerState_CONTAINER_RUNNING)
-	checkMemoryContinued(t, before, queryCRIMemload(t, ctx, cri, pod.ContainerID))
-	report := checkCRIArchive(t, ctx, archive, before, true)
+	report := checkpointCRIRunning(t, ctx, cri, pod.ContainerID, filepath.Join(t.TempDir(), "podnet.tar"), true)
 	if err := harness.CRIUCheck(ctx, stack.criuEnv, "network_lock_nftables"); err != nil {
 		t.Logf("CRIU cannot lock with nftables here (%v): precopy keeps iptables", err)
 	} else if !slices.Contains(report.CRIUOptions, "network-lock nftables") {
@@ -175,6 +157,23 @@ func TestCRICheckpointPodNetwork(t *testing.T) {
 // work dir, which it does for runtime type io.containerd.runc.v2 alone
 // (workDir): another runtime gets no checkpoint options, and the runc-v2
 // task service then has CRIU work in a dir of its own that it deletes.
+// checkpointCRIRunning checkpoints the memload container id into archive
+// through the CRI API, as the kubelet does, and checks that the container
+// runs on with its memory intact and that the archive is valid; it
+// returns precopy's report from the archive.
+func checkpointCRIRunning(t *testing.T, ctx context.Context, cri *harness.CRIClient, id, archive string, workDir bool) *precopy.Report {
+	t.Helper()
+	before := queryCRIMemload(t, ctx, cri, id)
+	if _, err := cri.Runtime.CheckpointContainer(ctx, &runtime.CheckpointContainerRequest{
+		ContainerId: id, Location: archive,
+	}); err != nil {
+		t.Fatalf("CRI CheckpointContainer: %v", err)
+	}
+	requireCRIState(t, ctx, cri, id, runtime.ContainerState_CONTAINER_RUNNING)
+	checkMemoryContinued(t, before, queryCRIMemload(t, ctx, cri, id))
+	return checkCRIArchive(t, ctx, archive, before, workDir)
+}
+
 func checkCRIArchive(t *testing.T, ctx context.Context, path string, st workload.Status, workDir bool) *precopy.Report {
 	t.Helper()
 	a, err := harness.ReadArchive(path)
