@@ -145,18 +145,6 @@ func TestCRICheckpointPodNetwork(t *testing.T) {
 	}
 }
 
-// checkCRIArchive checks a checkpoint archive the CRI plugin wrote: the
-// files Kubernetes tools expect, a flat checkpoint/ image set with
-// precopy's report in it (rounds on a kernel with soft-dirty, else a
-// one-shot dump saying why), and checkpointctl's reading of it: the
-// container, its process tree, and memload's memory (st is memload's
-// status before the checkpoint).
-//
-// CRIU's dump.log and stats-dump (which checkpointctl's --stats reads)
-// are in the archive only when the CRI plugin gave the runtime its CRIU
-// work dir, which it does for runtime type io.containerd.runc.v2 alone
-// (workDir): another runtime gets no checkpoint options, and the runc-v2
-// task service then has CRIU work in a dir of its own that it deletes.
 // checkpointCRIRunning checkpoints the memload container id into archive
 // through the CRI API, as the kubelet does, and checks that the container
 // runs on with its memory intact and that the archive is valid; it
@@ -174,6 +162,18 @@ func checkpointCRIRunning(t *testing.T, ctx context.Context, cri *harness.CRICli
 	return checkCRIArchive(t, ctx, archive, before, workDir)
 }
 
+// checkCRIArchive checks a checkpoint archive the CRI plugin wrote: the
+// files Kubernetes tools expect, a flat checkpoint/ image set with
+// precopy's report in it (rounds on a kernel with soft-dirty, else a
+// one-shot dump saying why), and checkpointctl's reading of it: the
+// container, its process tree, and memload's memory (st is memload's
+// status before the checkpoint).
+//
+// CRIU's dump.log and stats-dump (which checkpointctl's --stats reads)
+// are in the archive only when the CRI plugin gave the runtime its CRIU
+// work dir, which it does for runtime type io.containerd.runc.v2 alone
+// (workDir): another runtime gets no checkpoint options, and the runc-v2
+// task service then has CRIU work in a dir of its own that it deletes.
 func checkCRIArchive(t *testing.T, ctx context.Context, path string, st workload.Status, workDir bool) *precopy.Report {
 	t.Helper()
 	a, err := harness.ReadArchive(path)

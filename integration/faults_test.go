@@ -41,9 +41,16 @@ func pauseAsync(ctx context.Context, task containerd.Task) <-chan error {
 // waitFor polls cond until it holds, failing t after a minute.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
+	waitForExplained(t, what, cond, func() string { return "" })
+}
+
+// waitForExplained is waitFor whose failure adds what explain says of
+// the state cond kept seeing.
+func waitForExplained(t *testing.T, what string, cond func() bool, explain func() string) {
+	t.Helper()
 	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			t.Fatalf("timed out waiting for %s%s", what, explain())
 		}
 	}
 }
@@ -72,19 +79,13 @@ func criuPids() []int {
 // what tells a CRIU stuck on a dead task from one a killed runc orphaned.
 func waitForCRIUExit(t *testing.T) {
 	t.Helper()
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
-		pids := criuPids()
-		if len(pids) == 0 {
-			return
+	waitForExplained(t, "CRIU to exit", func() bool { return len(criuPids()) == 0 }, func() string {
+		var b strings.Builder
+		for _, pid := range criuPids() {
+			fmt.Fprintf(&b, "\n%s", describeProcess(pid))
 		}
-		if time.Now().After(deadline) {
-			var b strings.Builder
-			for _, pid := range pids {
-				fmt.Fprintf(&b, "\n%s", describeProcess(pid))
-			}
-			t.Fatalf("timed out waiting for CRIU to exit:%s", b.String())
-		}
-	}
+		return b.String()
+	})
 }
 
 // describeProcess is pid's command line, status and kernel stack, and
