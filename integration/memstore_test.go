@@ -269,14 +269,15 @@ func TestMemoryStoreContentLimit(t *testing.T) {
 	if m := ms.metrics(t); m.Content.WritesRefused == 0 || m.Content.UsedBytes > limit {
 		t.Errorf("precopyd metrics after refusing: %+v", m.Content)
 	}
+	// containerd does not abort the ingest it failed to write, nor delete
+	// the rw diff it no longer needs; its garbage collector does, once
+	// the checkpoint's lease is gone (asynchronously: right after the
+	// failed checkpoint, `ctr content active` may still list the ingest).
+	// Then precopyd holds what it held before and no ingest is active.
+	waitContentFreed(t, ms, usedBefore)
 	if out, err := d.Ctr(ctx, "content", "active"); err != nil || len(strings.Split(strings.TrimSpace(out), "\n")) > 1 {
 		t.Errorf("ctr content active after a failed checkpoint: %v\n%s", err, out)
 	}
-	// containerd does not abort the ingest it failed to write, nor delete
-	// the rw diff it no longer needs; its garbage collector does, once
-	// the checkpoint's lease is gone. Then precopyd holds what it held
-	// before.
-	waitContentFreed(t, ms, usedBefore)
 }
 
 // waitContentFreed waits until precopyd's content store holds what it held
