@@ -14,9 +14,10 @@ import (
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/log"
 
-	"github.com/precopy/precopy/plugin/pins"
 	"github.com/precopy/precopy/precopy"
 	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/snapshotter/pin"
+	"github.com/precopy/precopy/snapshotter/pinservice"
 )
 
 // checkpointFollowsPause is how soon after a Pause a Checkpoint must come
@@ -85,18 +86,18 @@ const pinTimeout = 5 * time.Second
 // pinClient is the shim's client of precopyd at addr, made once and
 // kept: a pin happens while a container is frozen, and should not pay
 // for a new connection. Create warms it for containers that may pin.
-func (s *Service) pinClient(addr string) (*pins.Client, error) {
+func (s *Service) pinClient(addr string) (*pinservice.Client, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c, ok := s.pins[addr]; ok {
 		return c, nil
 	}
-	c, err := pins.Dial(addr)
+	c, err := pinservice.Dial(addr)
 	if err != nil {
 		return nil, err
 	}
 	if s.pins == nil {
-		s.pins = map[string]*pins.Client{}
+		s.pins = map[string]*pinservice.Client{}
 	}
 	s.pins[addr] = c
 	c.Connect()
@@ -121,7 +122,7 @@ func (s *Service) pinRootfs(ctx context.Context, c *container, t *precopy.Thaw) 
 	}
 	pctx, cancel := context.WithTimeout(ctx, pinTimeout)
 	defer cancel()
-	cost, err := client.Pin(pctx, c.upper)
+	res, err := client.Pin(pctx, c.upper)
 	if err != nil {
 		// precopyd may have pinned it all the same (the call timed out
 		// after the copy): a pin nobody releases would serve this stale
@@ -130,7 +131,7 @@ func (s *Service) pinRootfs(ctx context.Context, c *container, t *precopy.Thaw) 
 		s.unpin(ctx, c, "pin failed")
 		return fail(err)
 	}
-	c.pinned, t.Pinned, t.PinCost = true, true, cost
+	c.pinned, t.Pinned, t.PinCost = true, true, res.Cost
 	t.Reason = "the rootfs is writable and precopyd pinned a point-in-time view of it for the client's rw-layer diff"
 	return true
 }
@@ -161,12 +162,12 @@ func (s *Service) unpin(ctx context.Context, c *container, why string) {
 }
 
 // writableLayer is the writable dir of a rootfs given as mounts, which
-// precopyd pins: see pins.UpperDir. "" unless the rootfs is one mount.
+// precopyd pins: see pin.UpperDir. "" unless the rootfs is one mount.
 func writableLayer(rootfs []*types.Mount) string {
 	if len(rootfs) != 1 {
 		return ""
 	}
-	return pins.UpperDir(rootfs[0].Type, rootfs[0].Source, rootfs[0].Options)
+	return pin.UpperDir(rootfs[0].Type, rootfs[0].Source, rootfs[0].Options)
 }
 
 // thawEarly thaws c once its final dump is written: the client's Resume

@@ -13,8 +13,9 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/precopy/precopy/plugin/pins"
 	"github.com/precopy/precopy/precopy"
+	"github.com/precopy/precopy/snapshotter/pin"
+	"github.com/precopy/precopy/snapshotter/pinservice"
 )
 
 // fakePinner is precopyd's pins service: it records pins, and fails a
@@ -26,14 +27,14 @@ type fakePinner struct {
 	failPins bool
 }
 
-func (f *fakePinner) Pin(_ context.Context, upper string, _ time.Duration) (time.Duration, error) {
+func (f *fakePinner) Pin(_ context.Context, upper string, _ time.Duration) (pin.Result, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.pinned[upper] = true
 	if f.failPins {
-		return 0, errors.New("deadline exceeded after the copy")
+		return pin.Result{}, errors.New("deadline exceeded after the copy")
 	}
-	return time.Millisecond, nil
+	return pin.Result{Cost: time.Millisecond}, nil
 }
 
 func (f *fakePinner) Unpin(_ context.Context, upper string) error {
@@ -49,7 +50,7 @@ func (f *fakePinner) holds(upper string) bool {
 	return f.pinned[upper]
 }
 
-func servePins(t *testing.T, p pins.Pinner) string {
+func servePins(t *testing.T, p pinservice.Pinner) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "precopyd.sock")
 	l, err := net.Listen("unix", sock)
@@ -57,7 +58,7 @@ func servePins(t *testing.T, p pins.Pinner) string {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	pins.Register(srv, p, time.Minute)
+	pinservice.Register(srv, p, time.Minute)
 	go srv.Serve(l)
 	t.Cleanup(srv.Stop)
 	return sock

@@ -31,8 +31,8 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 
-	"github.com/precopy/precopy/plugin/pins"
 	"github.com/precopy/precopy/precopy"
+	"github.com/precopy/precopy/snapshotter/pinservice"
 )
 
 // Service wraps containerd's runc-v2 task service.
@@ -50,7 +50,7 @@ type Service struct {
 	mu         sync.Mutex
 	containers map[string]*container
 	// pins are clients of precopyd, by socket address (see pinClient).
-	pins map[string]*pins.Client
+	pins map[string]*pinservice.Client
 	// criu is the CRIU configuration of this shim's dumps.
 	criu criuConfig
 }

@@ -14,5 +14,6 @@
 // as lost and starts empty.
 //
 // Pin keeps point-in-time copies of containers' writable layers and serves
-// them to Mounts, which early thaw of a writable rootfs needs (pin.go).
+// them to Mounts, which early thaw of a writable rootfs needs (pin.go, with
+// package pin's mechanism; package pinservice serves it to the shim).
 package snapshotter

@@ -2,125 +2,79 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
-	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
-	"github.com/precopy/precopy/plugin/pins"
+	"github.com/precopy/precopy/snapshotter/pin"
 )
 
-// A pin is a point-in-time copy of an active snapshot's writable layer
-// (its overlay upper dir). While it stands, Mounts of that snapshot
+// Pins: a pin is a point-in-time copy of an active snapshot's writable
+// layer (its overlay upper dir). While it stands, Mounts of that snapshot
 // returns a read-only view of the copy over the snapshot's parents, so
 // that a diff of the snapshot taken after the container ran on shows the
 // layer as it was when pinned. That is what lets precopy's shim thaw a
 // container right after its final dump: the client's rw-layer diff, which
-// comes later, still matches the memory image.
+// comes later, still matches the memory image. The mechanism (measure,
+// copy, bookkeeping) is package pin's, with its Served view: the copies
+// live on the snapshotter's tmpfs, beside overlay's snapshots dir.
 //
 // Pins are keyed by the upper dir, which the shim knows from the rootfs
 // mounts of the container and the snapshotter from its own: the shim does
 // not know the snapshot's key, which containerd's metadata store prefixes
 // with a namespace and an id.
-type pin struct {
-	copy  string
-	timer *time.Timer
-}
-
-type pinSet struct {
-	mu  sync.Mutex
-	dir string          // where copies live, on the snapshotter's tmpfs
-	by  map[string]*pin // upper dir -> pin
-	n   int
-}
 
 // pinsDir is under the tmpfs, beside overlay's snapshots dir.
 const pinsDir = "pins"
 
 // Pin copies the writable layer whose overlay upper dir is upper and
 // serves the copy to Mounts until Unpin, the snapshot's removal, or ttl,
-// whichever comes first. It returns what the copy cost: the caller holds
-// the container frozen meanwhile. Pinning a pinned layer replaces its pin.
-// upper must be the upper dir of one of this snapshotter's active
-// snapshots (errdefs.ErrNotFound otherwise: the container's rootfs is not
-// precopyd's).
-func (s *Snapshotter) Pin(ctx context.Context, upper string, ttl time.Duration) (time.Duration, error) {
-	start := time.Now()
+// whichever comes first. It returns what it copied and what that cost:
+// the caller holds the container frozen meanwhile. Pinning a pinned
+// layer replaces its pin. upper must be the upper dir of one of this
+// snapshotter's active snapshots (errdefs.ErrNotFound otherwise: the
+// container's rootfs is not precopyd's). A layer over pin.DefaultLimit
+// is refused (pin.ErrTooLarge). If ctx ends first, nothing is left.
+func (s *Snapshotter) Pin(ctx context.Context, upper string, ttl time.Duration) (pin.Result, error) {
 	if ttl <= 0 {
-		return 0, fmt.Errorf("pin %s: ttl %v must be positive: %w", upper, ttl, errdefs.ErrInvalidArgument)
+		return pin.Result{}, fmt.Errorf("pin %s: ttl %v must be positive: %w", upper, ttl, errdefs.ErrInvalidArgument)
 	}
 	if err := s.ownsUpper(upper); err != nil {
-		return 0, err
+		return pin.Result{}, err
 	}
-	s.pins.mu.Lock()
-	s.pins.n++
-	dst := filepath.Join(s.pins.dir, fmt.Sprintf("%d-%d", time.Now().UnixNano(), s.pins.n))
-	s.pins.mu.Unlock()
-	// The copy is made outside the lock: Mounts and Unpin of other
-	// containers must not wait for it.
-	if err := os.MkdirAll(s.pins.dir, 0o700); err != nil {
-		return 0, s.mapError(err)
-	}
-	if err := fs.CopyDir(dst, upper); err != nil {
-		os.RemoveAll(dst)
-		return 0, fmt.Errorf("pin %s: copy the writable layer: %w", upper, s.mapError(err))
-	}
-	s.pins.mu.Lock()
-	defer s.pins.mu.Unlock()
-	if err := s.ownsUpper(upper); err != nil {
-		// Removed while it was being copied.
-		os.RemoveAll(dst)
-		return 0, err
-	}
-	s.releaseLocked(ctx, upper, "replaced")
-	p := &pin{copy: dst}
-	p.timer = time.AfterFunc(ttl, func() {
-		s.pins.mu.Lock()
-		defer s.pins.mu.Unlock()
-		if s.pins.by[upper] == p {
-			s.releaseLocked(ctx, upper, fmt.Sprintf("not unpinned within %s", ttl))
-		}
+	res, err := s.pins.Pin(ctx, upper, pin.Options{
+		View:  pin.Served{Dir: filepath.Join(s.fsDir, pinsDir)},
+		Limit: pin.DefaultLimit,
+		TTL:   ttl,
 	})
-	s.pins.by[upper] = p
-	cost := time.Since(start)
-	log.G(ctx).WithFields(log.Fields{"upper": upper, "cost": cost, "ttl": ttl}).Info("pinned a writable layer")
-	return cost, nil
+	if err != nil {
+		return pin.Result{}, s.mapError(err)
+	}
+	// Removed while it was being copied (Remove unpins, but may have
+	// come before the pin was registered).
+	if err := s.ownsUpper(upper); err != nil {
+		return pin.Result{}, errors.Join(err, s.pins.Unpin(ctx, upper))
+	}
+	return res, nil
 }
 
 // Unpin releases the pin of upper; unpinning what is not pinned is not
 // an error (the pin may have timed out).
 func (s *Snapshotter) Unpin(ctx context.Context, upper string) error {
-	s.pins.mu.Lock()
-	defer s.pins.mu.Unlock()
-	s.releaseLocked(ctx, upper, "unpinned")
-	return nil
+	return s.pins.Unpin(ctx, upper)
 }
 
-// Pinned says whether upper is pinned.
+// Pinned says whether the set of pins knows of upper.
 func (s *Snapshotter) Pinned(upper string) bool {
-	s.pins.mu.Lock()
-	defer s.pins.mu.Unlock()
-	return s.pins.by[upper] != nil
-}
-
-func (s *Snapshotter) releaseLocked(ctx context.Context, upper, why string) {
-	p := s.pins.by[upper]
-	if p == nil {
-		return
-	}
-	p.timer.Stop()
-	delete(s.pins.by, upper)
-	if err := os.RemoveAll(p.copy); err != nil {
-		log.G(ctx).WithError(err).WithField("copy", p.copy).Warn("remove a pinned copy")
-	}
-	log.G(ctx).WithFields(log.Fields{"upper": upper, "why": why}).Info("released a pinned writable layer")
+	return slices.Contains(s.pins.Pinned(), upper)
 }
 
 // ownsUpper checks that upper is an upper dir of this snapshotter's:
@@ -145,10 +99,8 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 	if err != nil || len(m) != 1 {
 		return m, err
 	}
-	s.pins.mu.Lock()
-	defer s.pins.mu.Unlock()
-	if p := s.pins.by[upperOf(m[0])]; p != nil {
-		return []mount.Mount{pinnedView(m[0], p.copy)}, nil
+	if c, ok := s.pins.Copy(upperOf(m[0])); ok {
+		return []mount.Mount{pinnedView(m[0], c)}, nil
 	}
 	return m, nil
 }
@@ -157,16 +109,16 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	if m, err := s.Snapshotter.Mounts(ctx, key); err == nil && len(m) == 1 {
 		if upper := upperOf(m[0]); upper != "" {
-			s.pins.mu.Lock()
-			s.releaseLocked(ctx, upper, "snapshot removed")
-			s.pins.mu.Unlock()
+			if err := s.pins.Unpin(ctx, upper); err != nil {
+				log.G(ctx).WithError(err).WithField("upper", upper).Warn("release the pin of a snapshot being removed")
+			}
 		}
 	}
 	return s.mapError(s.Snapshotter.Remove(ctx, key))
 }
 
 // upperOf is the pin key of an active snapshot's mount.
-func upperOf(m mount.Mount) string { return pins.UpperDir(m.Type, m.Source, m.Options) }
+func upperOf(m mount.Mount) string { return pin.UpperDir(m.Type, m.Source, m.Options) }
 
 // pinnedView is m with the pinned copy in place of its writable layer,
 // read-only: the copy on top of the parents' lower dirs.

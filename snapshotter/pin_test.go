@@ -88,7 +88,7 @@ func TestPin(t *testing.T) {
 	if sn.Pinned(upper) {
 		t.Error("the pin outlived its snapshot")
 	}
-	if entries, _ := os.ReadDir(sn.pins.dir); len(entries) != 0 {
+	if entries, _ := os.ReadDir(filepath.Join(sn.fsDir, pinsDir)); len(entries) != 0 {
 		t.Errorf("pinned copies left: %v", entries)
 	}
 }

@@ -19,6 +19,8 @@ import (
 	units "github.com/docker/go-units"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
+
+	"github.com/precopy/precopy/snapshotter/pin"
 )
 
 // Snapshotter is containerd's overlay snapshotter on a tmpfs of fixed
@@ -29,7 +31,7 @@ type Snapshotter struct {
 
 	fsDir   string // the tmpfs
 	refused atomic.Int64
-	pins    pinSet
+	pins    pin.Set
 }
 
 var (
@@ -87,7 +89,7 @@ func New(ctx context.Context, root string, limit int64) (_ *Snapshotter, retErr 
 		ms.Close()
 		return nil, fmt.Errorf("overlay snapshotter on %s: %w", fsDir, err)
 	}
-	return &Snapshotter{Snapshotter: sn, fsDir: fsDir, pins: pinSet{dir: filepath.Join(fsDir, pinsDir), by: map[string]*pin{}}}, nil
+	return &Snapshotter{Snapshotter: sn, fsDir: fsDir}, nil
 }
 
 // discardStale logs the snapshots whose metadata a predecessor left at
@@ -239,10 +241,6 @@ func (s *Snapshotter) Metrics(ctx context.Context) (Metrics, error) {
 
 // Close releases every pin, closes the snapshotter and unmounts its tmpfs.
 func (s *Snapshotter) Close() error {
-	s.pins.mu.Lock()
-	for upper := range s.pins.by {
-		s.releaseLocked(context.Background(), upper, "precopyd stopping")
-	}
-	s.pins.mu.Unlock()
-	return errors.Join(s.Snapshotter.Close(), unmountTmpfs(context.Background(), s.fsDir))
+	ctx := context.Background()
+	return errors.Join(s.pins.Close(ctx), s.Snapshotter.Close(), unmountTmpfs(ctx, s.fsDir))
 }

@@ -17,8 +17,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/precopy/precopy/plugin/contentservice"
-	"github.com/precopy/precopy/plugin/pins"
 	"github.com/precopy/precopy/snapshotter"
+	"github.com/precopy/precopy/snapshotter/pinservice"
 )
 
 // config is what the flags set.
@@ -82,7 +82,7 @@ func newDaemon(ctx context.Context, cfg config) (_ *daemon, retErr error) {
 	contentservice.Register(d.grpc, d.content.store)
 	if d.snapshots != nil {
 		snapshotsapi.RegisterSnapshotsServer(d.grpc, snapshotservice.FromSnapshotter(d.snapshots))
-		pins.Register(d.grpc, d.snapshots, cfg.pinTTL)
+		pinservice.Register(d.grpc, d.snapshots, cfg.pinTTL)
 	}
 	if cfg.debugAddress != "" {
 		if d.debugL, err = net.Listen("tcp", cfg.debugAddress); err != nil {

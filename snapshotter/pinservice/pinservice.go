@@ -1,27 +1,29 @@
-// Package pins is the small gRPC service precopyd serves beside
-// containerd's content and snapshots APIs, on the same root-only socket:
-// precopy's shim asks it to pin a container's writable layer (see
-// snapshotter.Pin) while the container is frozen after its final dump,
-// and to unpin it when the checkpoint is over.
+// Package pinservice is the small gRPC service precopyd serves beside
+// containerd's content and snapshots APIs, on the same root-only socket,
+// and its client: precopy's shim asks it to pin a container's writable
+// layer on precopyd's snapshotter (see snapshotter.Pin) while the
+// container is frozen after its final dump, and to unpin it when the
+// checkpoint is over.
 //
 // The service is described by hand (grpc.ServiceDesc) with protobuf's
-// well-known types as messages: two calls with one string each do not
-// justify a .proto file and generated code in this repository.
-package pins
+// well-known types as messages: two calls with one string each, and a
+// result of a few numbers, do not justify a .proto file and generated
+// code in this repository.
+package pinservice
 
 import (
 	"context"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/precopy/precopy/snapshotter/pin"
 )
 
 // ServiceName is the gRPC service's full name.
@@ -29,7 +31,7 @@ const ServiceName = "precopy.pins.v1.Pins"
 
 // Pinner is what the service serves: snapshotter.Snapshotter.
 type Pinner interface {
-	Pin(ctx context.Context, upper string, ttl time.Duration) (time.Duration, error)
+	Pin(ctx context.Context, upper string, ttl time.Duration) (pin.Result, error)
 	Unpin(ctx context.Context, upper string) error
 }
 
@@ -43,12 +45,45 @@ func Register(s *grpc.Server, p Pinner, ttl time.Duration) {
 	s.RegisterService(&serviceDesc, &server{p: p, ttl: ttl})
 }
 
-func (s *server) pin(ctx context.Context, upper *wrapperspb.StringValue) (*durationpb.Duration, error) {
-	cost, err := s.p.Pin(ctx, upper.GetValue(), s.ttl)
+func (s *server) pin(ctx context.Context, upper *wrapperspb.StringValue) (*structpb.Struct, error) {
+	res, err := s.p.Pin(ctx, upper.GetValue(), s.ttl)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	return durationpb.New(cost), nil
+	return toStruct(res), nil
+}
+
+// A pin's result crosses as a Struct of these fields. Its numbers are
+// doubles: exact up to 2^53 (bytes, files, nanoseconds of cost).
+const (
+	fieldBytes    = "bytes"
+	fieldApparent = "apparent_bytes"
+	fieldFiles    = "files"
+	fieldCost     = "cost_ns"
+	fieldWhere    = "where"
+)
+
+func toStruct(r pin.Result) *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		fieldBytes:    structpb.NewNumberValue(float64(r.Bytes)),
+		fieldApparent: structpb.NewNumberValue(float64(r.ApparentBytes)),
+		fieldFiles:    structpb.NewNumberValue(float64(r.Files)),
+		fieldCost:     structpb.NewNumberValue(float64(r.Cost)),
+		fieldWhere:    structpb.NewStringValue(r.Where),
+	}}
+}
+
+func fromStruct(s *structpb.Struct) pin.Result {
+	f := s.GetFields()
+	return pin.Result{
+		Size: pin.Size{
+			Bytes:         int64(f[fieldBytes].GetNumberValue()),
+			ApparentBytes: int64(f[fieldApparent].GetNumberValue()),
+			Files:         int(f[fieldFiles].GetNumberValue()),
+		},
+		Cost:  time.Duration(f[fieldCost].GetNumberValue()),
+		Where: f[fieldWhere].GetStringValue(),
+	}
 }
 
 func (s *server) unpin(ctx context.Context, upper *wrapperspb.StringValue) (*emptypb.Empty, error) {
@@ -86,28 +121,6 @@ func handler[R any](call func(*server, context.Context, *wrapperspb.StringValue)
 	}
 }
 
-// UpperDir is the key of a pin: the writable dir of an active snapshot's
-// mount as containerd's overlay snapshotter returns it, and as the shim
-// receives it in a task's rootfs: the upperdir of an overlay mount, or
-// the source of the read-write bind mount overlay uses for a snapshot
-// without parents. "" for anything else (a view, another snapshotter's
-// mounts).
-func UpperDir(mountType, source string, options []string) string {
-	switch mountType {
-	case "overlay":
-		for _, o := range options {
-			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
-				return v
-			}
-		}
-	case "bind":
-		if !slices.Contains(options, "ro") {
-			return source
-		}
-	}
-	return ""
-}
-
 // Client calls precopyd's pins service.
 type Client struct{ conn *grpc.ClientConn }
 
@@ -126,13 +139,16 @@ func Dial(address string) (*Client, error) {
 func (c *Client) Connect() { c.conn.Connect() }
 
 // Pin pins the writable layer whose overlay upper dir is upper and
-// returns what copying it cost precopyd.
-func (c *Client) Pin(ctx context.Context, upper string) (time.Duration, error) {
-	var cost durationpb.Duration
-	if err := c.conn.Invoke(ctx, "/"+ServiceName+"/Pin", wrapperspb.String(upper), &cost); err != nil {
-		return 0, errgrpc.ToNative(err)
+// returns what precopyd copied, where, and what it cost. A layer over
+// precopyd's limit is refused with errdefs.ErrFailedPrecondition (the
+// message says the size and the limit; pin.ErrTooLarge itself does not
+// cross gRPC).
+func (c *Client) Pin(ctx context.Context, upper string) (pin.Result, error) {
+	var res structpb.Struct
+	if err := c.conn.Invoke(ctx, "/"+ServiceName+"/Pin", wrapperspb.String(upper), &res); err != nil {
+		return pin.Result{}, errgrpc.ToNative(err)
 	}
-	return cost.AsDuration(), nil
+	return fromStruct(&res), nil
 }
 
 // Unpin releases the pin of upper.
