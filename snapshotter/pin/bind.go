@@ -159,7 +159,9 @@ func release(ctx context.Context, r record, path string) error {
 // path must be free at once, or the snapshot's removal fails; the diff's
 // own mount keeps the detached one alive until it is unmounted.
 func unmountCopy(ctx context.Context, r record) error {
-	for {
+	// One mount is what Show makes; a few more are tolerated (stacked by
+	// hand?), not an endless loop on a table that does not change.
+	for range 8 {
 		mounted, err := copyMounted(r)
 		if err != nil || !mounted {
 			return err
@@ -173,6 +175,7 @@ func unmountCopy(ctx context.Context, r record) error {
 			return fmt.Errorf("unmount the pinned copy over %s: %w", r.Upper, err)
 		}
 	}
+	return fmt.Errorf("the pinned copy %s is still mounted over %s after 8 unmounts", r.Copy, r.Upper)
 }
 
 // copyMounted says whether the top mount at r's upper dir is a bind of

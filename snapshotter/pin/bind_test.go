@@ -116,6 +116,7 @@ func TestBindMountOverlay(t *testing.T) {
 
 	records := t.TempDir()
 	l := &Local{RecordDir: records}
+	t.Cleanup(func() { l.Close(ctx) })
 	res, err := l.Pin(ctx, c.upper)
 	must(t, err)
 	if filepath.Dir(res.Where) != c.snapshot || res.Files < 4 {
@@ -165,6 +166,7 @@ func TestReleaseRecorded(t *testing.T) {
 	if _, err := (&Local{RecordDir: records}).Pin(ctx, c.upper); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { ReleaseRecorded(ctx, records) })
 	// The shim is gone; a new one starts.
 	if _, err := (&Local{RecordDir: records}).Pin(ctx, c.upper); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("pin over a pin a killed shim left: %v, want failed precondition", err)
