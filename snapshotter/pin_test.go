@@ -2,6 +2,7 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -131,5 +132,28 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPinCallerGone: a pin whose caller has given up (the shim's call
+// timed out) leaves nothing, so that no stale copy is served later.
+func TestPinCallerGone(t *testing.T) {
+	requireRoot(t)
+	ctx := logtest.WithT(context.Background(), t)
+	sn := newSnapshotter(t, t.TempDir(), 64<<20)
+	defer sn.Close()
+	live, err := sn.Prepare(ctx, "ctr", "")
+	must(t, err)
+	upper := upperOf(live[0])
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := sn.Pin(gone, upper, time.Minute); !errors.Is(err, context.Canceled) {
+		t.Errorf("pin for a caller gone: %v, want canceled", err)
+	}
+	if sn.Pinned(upper) {
+		t.Error("pinned for a caller gone")
+	}
+	if entries, _ := os.ReadDir(filepath.Join(sn.fsDir, pinsDir)); len(entries) != 0 {
+		t.Errorf("pinned copies left: %v", entries)
 	}
 }
