@@ -95,6 +95,9 @@ func (s *Set) Pin(ctx context.Context, upper string, o Options) (Result, error) 
 	if !filepath.IsAbs(upper) || filepath.Clean(upper) != upper {
 		return Result{}, fmt.Errorf("pin %q: not a clean absolute path: %w", upper, errdefs.ErrInvalidArgument)
 	}
+	if o.View == nil {
+		return Result{}, fmt.Errorf("pin %s: no view: %w", upper, errdefs.ErrInvalidArgument)
+	}
 	if err := s.Unpin(ctx, upper); err != nil {
 		return Result{}, fmt.Errorf("pin %s: release its earlier pin: %w", upper, err)
 	}
