@@ -6,6 +6,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // parentLinkName is the symlink CRIU (opts.img_parent, runc --parent-path)
@@ -15,73 +19,93 @@ const parentLinkName = "parent"
 // maxChainDepth bounds the walk; real chains are a handful of rounds.
 const maxChainDepth = 4096
 
-// parentLink returns dir's parent link path and whether it exists. CRIU
-// follows anything named "parent" (open_parent), but this package removes
-// the link afterwards, so it insists on a symlink.
-func parentLink(dir string) (string, bool, error) {
-	link := filepath.Join(dir, parentLinkName)
-	fi, err := os.Lstat(link)
+// parentLink reads d's parent link: its target, and whether there is one.
+// CRIU follows anything named "parent" (open_parent), but this package
+// removes the link afterwards, so it insists on a symlink.
+func parentLink(d *imageDir) (string, bool, error) {
+	st, err := d.lstat(parentLinkName)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return link, false, nil
+		return "", false, nil
 	case err != nil:
-		return link, false, err
-	case fi.Mode()&fs.ModeSymlink == 0:
-		return link, false, fmt.Errorf("%s is a %s, not a symlink", link, fi.Mode().Type())
+		return "", false, err
+	case st.Mode&unix.S_IFMT != unix.S_IFLNK:
+		return "", false, fmt.Errorf("%s: %w: a %s, not a symlink", d.join(parentLinkName), ErrUnsafeImage, fileType(st.Mode&unix.S_IFMT))
 	}
-	return link, true, nil
+	target, err := d.readlink(parentLinkName)
+	return target, err == nil, err
 }
 
-// ancestors returns the image dirs behind dir, nearest first, as resolved
-// paths. Each level is resolved on its own (not as dir/parent/parent/...,
-// which the kernel stops following after 40 symlinks). A dangling link
-// fails, as it fails CRIU's restore even when no page needs the parent
+// openAncestors opens the image dirs behind top, nearest first. Each
+// parent link must be relative and lead, without a symlink on the way,
+// into bound (a physical path; "/" for any): its target is resolved as a
+// path (top's physical path, joined with each link in turn, cleaned), and
+// that path is opened down from bound one directory at a time with
+// O_NOFOLLOW, so neither a symlinked directory nor a "..", nor a rename
+// while this runs, can take it elsewhere. A dangling link fails, as it
+// fails CRIU's restore even when no page needs the parent
 // (try_open_parent). So does a loop.
-func ancestors(dir string) ([]string, error) {
-	cur, err := filepath.EvalSymlinks(dir)
+func openAncestors(top *imageDir, bound string) (_ []*imageDir, retErr error) {
+	root, err := openDirAt(unix.AT_FDCWD, bound, bound)
+	if err != nil {
+		return nil, fmt.Errorf("chain bound: %w", err)
+	}
+	defer root.Close()
+	topID, err := idOf(top.f)
 	if err != nil {
 		return nil, err
 	}
-	first, err := os.Stat(cur)
-	if err != nil {
-		return nil, err
-	}
-	seen := []os.FileInfo{first}
-	var chain []string
-	for {
-		link, ok, err := parentLink(cur)
+	seen := []fileID{topID}
+	var chain []*imageDir
+	defer func() {
+		if retErr != nil {
+			for _, d := range chain {
+				d.close()
+			}
+		}
+	}()
+	for cur := top; ; {
+		target, ok, err := parentLink(cur)
 		if err != nil || !ok {
 			return chain, err
 		}
-		next, err := filepath.EvalSymlinks(link)
+		link := cur.join(parentLinkName)
+		if target == "" || filepath.IsAbs(target) {
+			return nil, fmt.Errorf("parent link %s -> %q: %w: not a relative path (an absolute one can point anywhere)", link, target, ErrUnsafeImage)
+		}
+		next := filepath.Join(cur.path, target)
+		rel, err := filepath.Rel(bound, next)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			return nil, fmt.Errorf("parent link %s -> %s: %w: leads to %s, outside %s, where the chain must stay", link, target, ErrUnsafeImage, next, bound)
+		}
+		f, err := walkDown(root, bound, rel)
 		if err != nil {
-			return nil, fmt.Errorf("parent link %s: %w", link, err)
+			return nil, fmt.Errorf("parent link %s -> %s: %w", link, target, err)
 		}
-		fi, err := os.Stat(next)
+		d := &imageDir{path: next, f: f}
+		id, err := idOf(f)
 		if err != nil {
-			return nil, fmt.Errorf("parent link %s: %w", link, err)
+			d.close()
+			return nil, err
 		}
-		if !fi.IsDir() {
-			return nil, fmt.Errorf("parent link %s: %s is not a directory", link, next)
-		}
-		for _, s := range seen {
-			if os.SameFile(s, fi) {
-				return nil, fmt.Errorf("parent link %s: %s is already in the chain (loop)", link, next)
-			}
+		if slices.Contains(seen, id) {
+			d.close()
+			return nil, fmt.Errorf("parent link %s: %w: %s is already in the chain (loop)", link, ErrUnsafeImage, next)
 		}
 		if len(chain) == maxChainDepth {
-			return nil, fmt.Errorf("image chain of %s deeper than %d", dir, maxChainDepth)
+			d.close()
+			return nil, fmt.Errorf("image chain of %s: %w: deeper than %d", top.path, ErrUnsafeImage, maxChainDepth)
 		}
-		seen = append(seen, fi)
-		chain = append(chain, next)
-		cur = next
+		seen = append(seen, id)
+		chain = append(chain, d)
+		cur = d
 	}
 }
 
 // chain serves PE_PARENT lookups over a dir's ancestors, loading each
 // ancestor's pagemap and opening its pages file once, on first use.
 type chain struct {
-	dirs     []string // ancestors, nearest first
+	dirs     []*imageDir // ancestors, nearest first
 	pageSize uint64
 	loaded   map[chainKey]*ancestorPagemap
 }
@@ -91,12 +115,13 @@ type chainKey struct {
 	name  string
 }
 
-func newChain(dirs []string, pageSize uint64) *chain {
+func newChain(dirs []*imageDir, pageSize uint64) *chain {
 	return &chain{dirs: dirs, pageSize: pageSize, loaded: make(map[chainKey]*ancestorPagemap)}
 }
 
 // ancestorPagemap is a pagemap of one ancestor with its pages file.
 type ancestorPagemap struct {
+	dir   *imageDir
 	path  string
 	index *pageIndex
 	pages *os.File // nil until a page is read
@@ -110,8 +135,8 @@ func (c *chain) pagemap(level int, name string) (*ancestorPagemap, error) {
 	if a, ok := c.loaded[key]; ok {
 		return a, nil
 	}
-	path := filepath.Join(c.dirs[level], name)
-	img, err := readPagemap(path)
+	d := c.dirs[level]
+	img, err := d.readPagemap(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		c.loaded[key] = nil
 		return nil, nil
@@ -119,11 +144,12 @@ func (c *chain) pagemap(level int, name string) (*ancestorPagemap, error) {
 	if err != nil {
 		return nil, err
 	}
+	path := d.join(name)
 	index, err := newPageIndex(img, c.pageSize)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	a := &ancestorPagemap{path: path, index: index}
+	a := &ancestorPagemap{dir: d, path: path, index: index}
 	c.loaded[key] = a
 	return a, nil
 }
@@ -134,8 +160,7 @@ func (a *ancestorPagemap) pagesFile() (*os.File, error) {
 	if a.pages != nil {
 		return a.pages, nil
 	}
-	path := filepath.Join(filepath.Dir(a.path), pagesName(a.index.pagesID))
-	f, err := openPages(path, a.index.presentBytes)
+	f, err := openPages(a.dir, pagesName(a.index.pagesID), a.index.presentBytes, a.path)
 	if err != nil {
 		return nil, err
 	}
@@ -143,12 +168,15 @@ func (a *ancestorPagemap) pagesFile() (*os.File, error) {
 	return f, nil
 }
 
-// close closes every pages file opened.
+// close closes every pages file and dir opened.
 func (c *chain) close() {
 	for _, a := range c.loaded {
 		if a != nil && a.pages != nil {
 			a.pages.Close()
 		}
+	}
+	for _, d := range c.dirs {
+		d.close()
 	}
 }
 
@@ -174,7 +202,7 @@ func (c *chain) resolve(level int, name string, vaddr, pages uint64, emit func(s
 		return err
 	}
 	if a == nil {
-		return fmt.Errorf("%w: %s: %#x+%d pages: %s has no %s", ErrMissingParentPages, name, vaddr, pages, c.dirs[level], name)
+		return fmt.Errorf("%w: %s: %#x+%d pages: %s has no %s", ErrMissingParentPages, name, vaddr, pages, c.dirs[level].path, name)
 	}
 	for pages > 0 {
 		s, ok := a.index.lookup(vaddr, c.pageSize)
@@ -205,22 +233,11 @@ func (c *chain) resolve(level int, name string, vaddr, pages uint64, emit func(s
 	return nil
 }
 
-// openPages opens a pages file that must hold at least need bytes. A
-// shorter file is a truncated image; longer ones are tolerated (CRIU only
-// reads what the pagemap says).
-func openPages(path string, need int64) (*os.File, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if fi.Size() < need {
-		f.Close()
-		return nil, fmt.Errorf("%s: %d bytes, its pagemap needs %d", path, fi.Size(), need)
-	}
-	return f, nil
+// openPages opens pages file name of d, which pagemap (a path, for the
+// message) needs need bytes of. A shorter file is a truncated image;
+// longer ones are tolerated (CRIU only reads what the pagemap says). It
+// must have one link: its bytes are copied into the flat image, or the
+// file itself is taken over and written.
+func openPages(d *imageDir, name string, need int64, pagemap string) (*os.File, error) {
+	return d.openFile(name, fileCheck{oneLink: true, minSize: need, need: "its pagemap " + pagemap})
 }

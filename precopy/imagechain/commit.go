@@ -22,6 +22,7 @@ const tempPrefix = ".flatten-"
 // are removed after every pagemap is in place.
 type replacement struct {
 	dir      string
+	dirFd    int           // dir, open
 	pages    []pendingFile // new pages files, new names
 	pagemaps []pendingFile // new pagemaps, replacing existing ones
 	obsolete []string      // old pages files, removed after commit

@@ -1,11 +1,16 @@
 package imagechain
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // FlattenConsuming is Flatten for a dir whose parent is thrown away right
@@ -46,10 +51,19 @@ import (
 //     parent lost pages dir needs: dir must be dumped again.
 //   - Errors from the commit point on are as Flatten's.
 //
+// Its checks are Flatten's, and the parent's pages file it takes over must
+// be a regular file with one link, which is linked into dir by its
+// descriptor: the file written is the one checked, whatever its name
+// points to by then. Unlike Flatten's, its chain is bounded only by
+// Within: without it a relative parent link may lead anywhere no symlink
+// is on the way, as precopy's final dump (in containerd's temp dir, its
+// parent among the rounds in the bundle) needs. Since it writes into the
+// parent, a caller should pass Within with the dir holding its rounds.
+//
 // Like Flatten, it must not run while CRIU reads or writes dir or its parent.
-func FlattenConsuming(dir string) (Result, error) {
+func FlattenConsuming(dir string, opts ...Option) (Result, error) {
 	start := time.Now()
-	res, err := flatten(dir, uint64(os.Getpagesize()), true)
+	res, err := flattenWith(dir, true, opts, nil)
 	res.Duration = time.Since(start)
 	if err != nil {
 		return res, fmt.Errorf("flatten (consuming parent) %s: %w", dir, err)
@@ -69,6 +83,8 @@ type takeover struct {
 	tailCopied int64
 	// refused is why write could not take the parent's file over.
 	refused error
+	// baseID is base's inode, checked again once linked.
+	baseID fileID
 }
 
 // patchOp copies n bytes at off of src to dstOff of the new pages file.
@@ -96,6 +112,56 @@ func (t *takeover) size() int64 {
 		n += p.n
 	}
 	return n
+}
+
+// planTakeovers plans, for each job, whether the parent's pages file is
+// taken over (see FlattenConsuming). A base file read by another job (two
+// pagemaps sharing a pages file, which CRIU never writes) would be read
+// after it was patched: that job copies instead.
+func planTakeovers(jobs []*pagemapJob, c *chain) error {
+	ids := make(map[*os.File]fileID)
+	idOfCached := func(f *os.File) (fileID, error) {
+		if id, ok := ids[f]; ok {
+			return id, nil
+		}
+		id, err := idOf(f)
+		ids[f] = id
+		return id, err
+	}
+	readers := make(map[fileID][]*pagemapJob)
+	for _, j := range jobs {
+		for _, op := range j.plan.ops {
+			id, err := idOfCached(op.src)
+			if err != nil {
+				return err
+			}
+			if rs := readers[id]; len(rs) == 0 || rs[len(rs)-1] != j {
+				readers[id] = append(rs, j)
+			}
+		}
+	}
+	for _, j := range jobs {
+		t, err := planTakeover(j.name, j.img, j.own, c, &j.plan)
+		if err != nil {
+			return fmt.Errorf("pagemap %s: %w", j.name, err)
+		}
+		if t == nil {
+			continue
+		}
+		id, err := idOfCached(t.base)
+		if err != nil {
+			return err
+		}
+		for _, other := range readers[id] {
+			if other != j {
+				t.refused = fmt.Errorf("%s is read by pagemaps %s and %s", t.base.Name(), j.name, other.name)
+				break
+			}
+		}
+		t.baseID = id
+		j.takeover = t
+	}
+	return nil
 }
 
 // planTakeover returns the takeover making pagemap name (decoded as img,
@@ -157,24 +223,58 @@ walk:
 // cannot be made or opened for writing (another filesystem, permissions):
 // the caller copies instead.
 func (t *takeover) write(r *replacement, final string) (bool, error) {
-	tmp := filepath.Join(r.dir, tempPrefix+final+".takeover")
-	if err := os.Link(t.base.Name(), tmp); err != nil {
-		t.refused = err
+	if t.refused != nil {
 		return false, nil
 	}
-	f, err := os.OpenFile(tmp, os.O_WRONLY, 0)
+	name := tempPrefix + final + ".takeover"
+	tmp := filepath.Join(r.dir, name)
+	// The open file itself is linked, not a name: it is the regular file
+	// with one link that openPages checked, wherever its name leads now.
+	if err := linkFile(t.base, r.dirFd, name); err != nil {
+		t.refused = fmt.Errorf("hard link %s as %s: %w", t.base.Name(), tmp, err)
+		return false, nil
+	}
+	fd, err := unix.Openat(r.dirFd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		t.refused = err
-		os.Remove(tmp)
+		t.refused = &fs.PathError{Op: "open", Path: tmp, Err: err}
+		unix.Unlinkat(r.dirFd, name, 0)
 		return false, nil
 	}
+	f := os.NewFile(uintptr(fd), tmp)
 	// Registered before writing, so that discard unlinks it on error.
 	r.addPages(tmp, final)
-	err = t.patch(r, f, tmp)
+	err = checkTakenOver(f, t.baseID)
+	if err == nil {
+		err = t.patch(r, f, tmp)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	return err == nil, err
+}
+
+// checkTakenOver checks that f, opened by the name just linked, is the
+// base file and has two links: its own and the new one.
+func checkTakenOver(f *os.File, base fileID) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return &fs.PathError{Op: "fstat", Path: f.Name(), Err: err}
+	}
+	if (fileID{uint64(st.Dev), st.Ino}) != base || st.Nlink != 2 || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%s: %w: not the parent's pages file with one more link (%d links): changed while flattened", f.Name(), ErrUnsafeImage, st.Nlink)
+	}
+	return nil
+}
+
+// linkFile gives the open file f the name name in directory dirfd. With
+// AT_EMPTY_PATH it needs CAP_DAC_READ_SEARCH; through /proc/self/fd it
+// needs /proc. Either links the inode f is, never what a name leads to.
+func linkFile(f *os.File, dirfd int, name string) error {
+	err := unix.Linkat(int(f.Fd()), "", dirfd, name, unix.AT_EMPTY_PATH)
+	if err == nil || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	return unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), dirfd, name, unix.AT_SYMLINK_FOLLOW)
 }
 
 func (t *takeover) patch(r *replacement, f *os.File, name string) error {

@@ -1,6 +1,7 @@
 package imagechain
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -173,10 +174,10 @@ func TestFlattenConsumingNoParent(t *testing.T) {
 	sameSnapshot(t, snapshot(t, dir), before)
 }
 
-// TestFlattenConsumingErrorKeepsChain fails on pagemap-2 after pagemap-1's
-// pages were written into the parent's pages file: dir must be unchanged
-// and still restore the same memory through its (consumed) parent.
-func TestFlattenConsumingErrorKeepsChain(t *testing.T) {
+// TestFlattenConsumingChecksBeforeWriting fails on pagemap-2, whose
+// parent pages are missing: found while planning, before pagemap-1's pages
+// are written into the parent's pages file, so neither dir changes.
+func TestFlattenConsumingChecksBeforeWriting(t *testing.T) {
 	root := t.TempDir()
 	writeSameLayoutChain(t, root, false)
 	d2 := filepath.Join(root, "d2")
@@ -184,21 +185,82 @@ func TestFlattenConsumingErrorKeepsChain(t *testing.T) {
 	os.Remove(filepath.Join(root, "d1", "pagemap-2.img"))
 	writeFakePagemap(t, filepath.Join(root, "d1"), "d1",
 		fakePagemap{name: "pagemap-2.img", pagesID: 2, entries: []fakeEntry{{0x200, 2, pe}}})
-	want := memoryOf(t, d2, "pagemap-1.img")
-	before := snapshot(t, d2)
-	d1Before := snapshot(t, filepath.Join(root, "d1"))
+	d1Before, d2Before := treeState(t, filepath.Join(root, "d1")), treeState(t, d2)
 	res, err := FlattenConsuming(d2)
 	t.Log(err)
-	if err == nil || res.Flattened {
+	if !errors.Is(err, ErrMissingParentPages) || res.Flattened {
 		t.Fatalf("FlattenConsuming: %+v, %v", res, err)
 	}
-	sameSnapshot(t, snapshot(t, d2), before)
-	// The test is about a parent already patched.
-	if snapshot(t, filepath.Join(root, "d1"))[pagesName(1)] == d1Before[pagesName(1)] {
-		t.Error("d1's pages-1.img was not patched before the failure")
+	sameTree(t, treeState(t, d2), d2Before)
+	sameTree(t, treeState(t, filepath.Join(root, "d1")), d1Before)
+}
+
+// TestFlattenConsumingWriteErrorKeepsChain runs out of space (a small
+// tmpfs) while copying pagemap-2, after pagemap-1 took the parent's pages
+// file over: dir must be unchanged and, without a tail, still restore the
+// same memory through its consumed parent; with a tail written, the error
+// is ErrParentConsumed.
+func TestFlattenConsumingWriteErrorKeepsChain(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounts a tmpfs: needs root")
 	}
-	got := map[string]map[uint64]uint64{"pagemap-1.img": memoryOf(t, d2, "pagemap-1.img")}
-	sameMemory(t, got, map[string]map[uint64]uint64{"pagemap-1.img": want})
+	for _, tc := range []struct {
+		name string
+		tail bool
+	}{{"no tail", false}, {"tail", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=4m,mode=0700"); err != nil {
+				t.Skipf("mount tmpfs: %v", err)
+			}
+			t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
+			d1, d2 := filepath.Join(root, "d1"), filepath.Join(root, "d2")
+			// pagemap-1 lists d1's pages (0x100-0x107, 0x200-0x201), one
+			// of them its own: taken over, patched in place.
+			pm1 := []fakeEntry{{0x100, 2, par}, {0x102, 1, pe}, {0x103, 5, par}, {0x200, 2, par}}
+			if tc.tail {
+				// A page below the parent's last two: they move one on.
+				pm1 = []fakeEntry{{0x100, 1, pe}, {0x101, 7, par}, {0x1ff, 1, pe}, {0x200, 2, par}}
+			}
+			writeFakeDir(t, d1, "d1", "",
+				fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x100, 8, pe}, {0x200, 2, pe}}},
+				fakePagemap{name: "pagemap-2.img", pagesID: 2, entries: []fakeEntry{{0x1000, 64, pe}}})
+			// pagemap-2 gained a page below the parent's: copied, 65 pages.
+			writeFakeDir(t, d2, "d2", "../d1",
+				fakePagemap{name: "pagemap-1.img", pagesID: 3, entries: pm1},
+				fakePagemap{name: "pagemap-2.img", pagesID: 4, entries: []fakeEntry{{0xfff, 1, pe}, {0x1000, 64, par}}})
+			want := memoryOfDir(t, d2)
+			before := snapshot(t, d2)
+			d1Pages := snapshot(t, d1)[pagesName(1)]
+			// Leave room for pagemap-1's new pagemap and tail, not for
+			// pagemap-2's 65 pages.
+			var fsst unix.Statfs_t
+			if err := unix.Statfs(root, &fsst); err != nil {
+				t.Fatal(err)
+			}
+			free := int64(fsst.Bavail) * fsst.Bsize
+			if err := os.WriteFile(filepath.Join(root, "filler"), make([]byte, free-16*int64(pageSize)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+
+			res, err := FlattenConsuming(d2)
+			t.Log(err)
+			if err == nil || res.Flattened || !errors.Is(err, unix.ENOSPC) {
+				t.Fatalf("FlattenConsuming: %+v, %v; want ENOSPC before the commit", res, err)
+			}
+			if errors.Is(err, ErrParentConsumed) != tc.tail {
+				t.Errorf("ErrParentConsumed %v, want %v", errors.Is(err, ErrParentConsumed), tc.tail)
+			}
+			sameSnapshot(t, snapshot(t, d2), before)
+			// The test is about a parent already patched.
+			if snapshot(t, d1)[pagesName(1)] == d1Pages {
+				t.Error("d1's pages-1.img was not patched before the failure")
+			}
+			if !tc.tail {
+				sameMemory(t, memoryOfDir(t, d2), want)
+			}
+		})
+	}
 }
 
 // A parent on another filesystem cannot be hard linked: the pagemap is
@@ -218,7 +280,11 @@ func TestFlattenConsumingAcrossFilesystemsCopies(t *testing.T) {
 	writeFakeDir(t, d1, "d1", "",
 		fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x100, 8, pe}}})
 	d2 := filepath.Join(root, "d2")
-	writeFakeDir(t, d2, "d2", d1,
+	up, err := filepath.Rel(d2, d1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFakeDir(t, d2, "d2", up,
 		fakePagemap{name: "pagemap-1.img", pagesID: 2, entries: []fakeEntry{{0x100, 1, pe}, {0x101, 7, par}}})
 	want := memoryOfDir(t, d2)
 	res, err := FlattenConsuming(d2)

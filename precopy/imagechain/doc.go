@@ -1,6 +1,6 @@
 // Package imagechain turns an incremental CRIU image directory (one written
-// with --prev-images-dir, holding a relative or absolute "parent" symlink to
-// the previous pre-dump) into a self-contained, flat image set.
+// with --prev-images-dir, holding a relative "parent" symlink to the
+// previous pre-dump) into a self-contained, flat image set.
 //
 // How CRIU lays out memory in an image dir (criu/pagemap.c, page-xfer.c):
 //
@@ -35,4 +35,15 @@
 // subdirectory breaks it, and checkpointctl and stock runc restore expect one
 // self-contained set. It also lets CRIU read pages in the restorer's PIE code
 // (page_read.pieok is only set without a parent).
+//
+// Image dirs are untrusted input: a checkpoint image travels between
+// machines and is restored by root, and a flatten writes into image dirs
+// (FlattenConsuming even into the parent's pages file). So no symlink is
+// followed (files are opened relative to their dir with O_NOFOLLOW, parent
+// links resolved one directory at a time), pages files must be regular
+// files with one link, a parent link must be relative and lead into the
+// chain's bound (Within), page counts are checked against the pages files
+// with arithmetic that cannot overflow, and all of it before anything is
+// written. A refusal is ErrUnsafeImage or ErrCorruptImage and names the
+// file (imagedir.go).
 package imagechain

@@ -19,4 +19,16 @@ var (
 	// (a takeover with a tail, see FlattenConsuming). dir is unchanged but
 	// can no longer be restored: dump it again.
 	ErrParentConsumed = errors.New("the parent's pages were rewritten before the failure")
+
+	// ErrUnsafeImage: the chain has a file or link that flatten must not
+	// follow, read or write: a symlink or a hard-linked image file, a file
+	// that is not regular, or a parent link that is absolute or leads
+	// outside the chain's bound (Within). An image dir is input from
+	// elsewhere: nothing outside it is read into the image or written.
+	ErrUnsafeImage = errors.New("image refused")
+
+	// ErrCorruptImage: an image does not add up: a pagemap that does not
+	// decode, entries that overlap or whose sizes overflow, a pages file
+	// shorter than its pagemap says. CRIU never writes one.
+	ErrCorruptImage = errors.New("corrupt image")
 )

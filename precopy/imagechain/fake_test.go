@@ -310,3 +310,13 @@ func flagsOf(t *testing.T, path string) []uint32 {
 	}
 	return flags
 }
+
+// dirNames lists dir, sorted.
+func dirNames(dir string) ([]string, error) {
+	d, err := openImageDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.close()
+	return d.names()
+}

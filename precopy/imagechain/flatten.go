@@ -3,9 +3,9 @@ package imagechain
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 )
 
@@ -32,12 +32,44 @@ type Result struct {
 	// from the parent that were not copied: the parent's pages file became
 	// the new one, with dir's own pages written over it in place.
 	PagesTakenOver uint64
-	// Duration is the wall time Flatten took.
 	// TakeoverRefused (FlattenConsuming only) says why a parent's pages
 	// file could not be taken over and was copied instead, e.g. the dir
 	// and its parent are on different filesystems (no hard link).
 	TakeoverRefused string
-	Duration        time.Duration
+	// Duration is the wall time Flatten took.
+	Duration time.Duration
+}
+
+// Option changes how Flatten and FlattenConsuming treat a chain.
+type Option func(*options)
+
+type options struct {
+	within string // "": the default bound
+}
+
+// Within bounds the chain: every ancestor of dir (the dir its parent link
+// leads to, and so on) must be root or below it. Parent links are
+// resolved without following any symlink, so the bound is where the
+// images are, not where their names seem to be. dir itself may be
+// anywhere (precopy's final dump is in containerd's temp dir, its parent
+// among the rounds in the bundle).
+func Within(root string) Option { return func(o *options) { o.within = root } }
+
+// bound is the physical path that o bounds dir's chain to: Within's root,
+// or dflt (a path) if unset ("" for none).
+func (o options) bound(dflt string) (string, error) {
+	root := o.within
+	if root == "" {
+		if dflt == "" {
+			return "/", nil
+		}
+		root = dflt
+	}
+	phys, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return "", fmt.Errorf("chain bound: %w", err)
+	}
+	return filepath.Abs(phys)
 }
 
 // Flatten makes image dir dir self-contained: every pagemap-*.img gets
@@ -45,15 +77,22 @@ type Result struct {
 // nearest ancestor that has them (through any number of parent links), and
 // a pages file holding all its pages; then the parent link is removed.
 //
+// The images are untrusted: parent links must be relative and stay inside
+// the directory holding dir (siblings, as CRIU's rounds are) unless Within
+// names another bound, no symlink is followed, image files must be regular
+// files with one link, and pagemaps must add up against the pages files;
+// otherwise Flatten fails with ErrUnsafeImage or ErrCorruptImage, naming
+// the file, before it changes anything. Nothing outside the chain is read.
+//
 // On error the dir is left as it was, still restorable with its parent,
 // unless Result.Flattened is true: then the new images are in place and
 // complete, and only removing an old file or the parent link failed. A dir
 // without a parent link is left alone (Result.Flattened false), after
 // checking that it does not need one. Flatten must not run while CRIU reads
 // or writes dir.
-func Flatten(dir string) (Result, error) {
+func Flatten(dir string, opts ...Option) (Result, error) {
 	start := time.Now()
-	res, err := flatten(dir, uint64(os.Getpagesize()), false)
+	res, err := flattenWith(dir, false, opts, filepath.Dir)
 	res.Duration = time.Since(start)
 	if err != nil {
 		return res, fmt.Errorf("flatten %s: %w", dir, err)
@@ -61,28 +100,122 @@ func Flatten(dir string) (Result, error) {
 	return res, nil
 }
 
-// flatten is Flatten, and FlattenConsuming with consume.
-func flatten(dir string, pageSize uint64, consume bool) (res Result, retErr error) {
-	names, err := dirNames(dir)
+// flattenWith applies opts, with dflt giving the bound for a dir (nil:
+// none), and flattens.
+func flattenWith(dir string, consume bool, opts []Option, dflt func(string) string) (Result, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	top, err := openImageDir(dir)
+	if err != nil {
+		return Result{}, err
+	}
+	defer top.close()
+	var def string
+	if dflt != nil {
+		def = dflt(top.path)
+	}
+	bound, err := o.bound(def)
+	if err != nil {
+		return Result{}, err
+	}
+	return flatten(top, bound, uint64(os.Getpagesize()), consume)
+}
+
+// pagemapJob is one pagemap of dir to rewrite, planned and checked before
+// anything is written.
+type pagemapJob struct {
+	name      string
+	img       *pagemapImage // as decoded
+	own       *os.File      // its pages file, if it has pages
+	oldPages  string        // its pages file's path, removed once replaced
+	mapMode   os.FileMode   // of the new pagemap: the old one's
+	pagesMode os.FileMode   // of the new pages file: the old one's
+	flat      *pagemapImage // the new pagemap; pages_id set when written
+	plan      copyPlan      // the new pages file, as a copy
+	kept      uint64        // pages from own
+	copied    uint64        // pages from ancestors
+	takeover  *takeover     // FlattenConsuming's plan; nil: copy
+}
+
+// flatten is Flatten, and FlattenConsuming with consume, of the open dir
+// top, whose chain must stay inside bound. It reads and checks every
+// image it will use and plans every new file first, then writes.
+func flatten(top *imageDir, bound string, pageSize uint64, consume bool) (res Result, retErr error) {
+	dir := top.path
+	names, err := top.names()
 	if err != nil {
 		return res, err
 	}
 	if err := removeLeftovers(dir, names); err != nil {
 		return res, err
 	}
-	link, hasParent, err := parentLink(dir)
+	chainDirs, err := openAncestors(top, bound)
 	if err != nil {
 		return res, err
 	}
-	chainDirs, err := ancestors(dir)
-	if err != nil {
-		return res, err
-	}
+	hasParent := len(chainDirs) > 0
 	res.Depth = len(chainDirs)
 	c := newChain(chainDirs, pageSize)
 	defer c.close()
 
-	r := &replacement{dir: dir}
+	var jobs []*pagemapJob
+	defer func() {
+		for _, j := range jobs {
+			j.close()
+		}
+	}()
+	pagemapOf := make(map[uint32]string) // pages_id -> pagemap using it
+	for _, name := range names {
+		if !isPagemapName(name) {
+			continue
+		}
+		img, err := top.readPagemap(name)
+		if err != nil {
+			return res, err
+		}
+		index, err := newPageIndex(img, pageSize)
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", top.join(name), err)
+		}
+		// Old pages files are deleted once replaced: make sure no other
+		// pagemap reads them (CRIU never shares one).
+		if other, dup := pagemapOf[img.pagesID]; dup {
+			return res, fmt.Errorf("%s and %s: %w: both use %s", other, name, ErrCorruptImage, pagesName(img.pagesID))
+		}
+		pagemapOf[img.pagesID] = name
+		if !img.hasParentEntries() {
+			// Kept as they are; the flat image vouches for them.
+			if err := top.checkFile(pagesName(img.pagesID), fileCheck{minSize: index.presentBytes, need: "its pagemap " + top.join(name)}); err != nil {
+				if !(errors.Is(err, fs.ErrNotExist) && index.presentBytes == 0) {
+					return res, err
+				}
+			}
+			res.PagesKept += img.presentPages()
+			continue
+		}
+		if !hasParent {
+			return res, fmt.Errorf("%w: %s has PE_PARENT entries but %s has no parent link", ErrMissingParentPages, name, dir)
+		}
+		j, err := planPagemap(top, name, img, index, c)
+		if j != nil {
+			jobs = append(jobs, j)
+		}
+		if err != nil {
+			return res, fmt.Errorf("pagemap %s: %w", name, err)
+		}
+	}
+	if !hasParent {
+		return res, nil
+	}
+	if consume {
+		if err := planTakeovers(jobs, c); err != nil {
+			return res, err
+		}
+	}
+
+	r := &replacement{dir: dir, dirFd: top.fd()}
 	defer r.discard()
 	defer func() {
 		if r.parentCut && retErr != nil {
@@ -90,38 +223,14 @@ func flatten(dir string, pageSize uint64, consume bool) (res Result, retErr erro
 		}
 	}()
 	nextID := unusedPagesID(names)
-	pagemapOf := make(map[uint32]string) // pages_id -> pagemap using it
-	for _, name := range names {
-		if !isPagemapName(name) {
-			continue
-		}
-		img, err := readPagemap(filepath.Join(dir, name))
-		if err != nil {
-			return res, err
-		}
-		// Old pages files are deleted once replaced: make sure no other
-		// pagemap reads them (CRIU never shares one).
-		if other, dup := pagemapOf[img.pagesID]; dup {
-			return res, fmt.Errorf("%s and %s both use %s", other, name, pagesName(img.pagesID))
-		}
-		pagemapOf[img.pagesID] = name
-		if !img.hasParentEntries() {
-			res.PagesKept += img.presentPages()
-			continue
-		}
-		if !hasParent {
-			return res, fmt.Errorf("%w: %s has PE_PARENT entries but %s has no parent link", ErrMissingParentPages, name, dir)
-		}
+	for _, j := range jobs {
 		if nextID == 0 {
 			return res, errors.New("no pages_id left")
 		}
-		if err := flattenPagemap(dir, name, img, nextID, c, r, consume, &res); err != nil {
-			return res, fmt.Errorf("pagemap %s: %w", name, err)
+		if err := writePagemapJob(j, nextID, r, pageSize, &res); err != nil {
+			return res, fmt.Errorf("pagemap %s: %w", j.name, err)
 		}
 		nextID++
-	}
-	if !hasParent {
-		return res, nil
 	}
 	err = r.commit()
 	if err != nil && !errors.Is(err, errCleanup) {
@@ -130,106 +239,111 @@ func flatten(dir string, pageSize uint64, consume bool) (res Result, retErr erro
 	r.parentCut = false // committed: dir no longer reads its parent
 	res.Flattened = true
 	// Last, so that any failure before leaves a restorable chain.
-	if rerr := os.Remove(link); rerr != nil {
+	if rerr := os.Remove(top.join(parentLinkName)); rerr != nil {
 		err = errors.Join(err, fmt.Errorf("%w: %w", errCleanup, rerr))
 	}
 	return res, err
 }
 
-// flattenPagemap writes the flat version of pagemap name (decoded as img)
-// and its pages file, to be committed by r. With consume, the pages file
-// is the parent's one patched in place when the layouts allow it (see
-// FlattenConsuming).
-func flattenPagemap(dir, name string, img *pagemapImage, newID uint32, c *chain, r *replacement, consume bool, res *Result) error {
-	mapPath := filepath.Join(dir, name)
-	mapInfo, err := os.Stat(mapPath)
+// planPagemap checks pagemap name of top (decoded as img, indexed as
+// index) and its pages file, resolves its PE_PARENT entries through c and
+// plans its flat pages file and pagemap.
+func planPagemap(top *imageDir, name string, img *pagemapImage, index *pageIndex, c *chain) (*pagemapJob, error) {
+	mapPath := top.join(name)
+	st, err := top.lstat(name)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	pagesMode := mapInfo.Mode()
-	oldPages := filepath.Join(dir, pagesName(img.pagesID))
+	j := &pagemapJob{
+		name:     name,
+		mapMode:  os.FileMode(st.Mode).Perm(),
+		oldPages: top.join(pagesName(img.pagesID)),
+		flat:     &pagemapImage{wide: img.wide},
+	}
+	j.pagesMode = j.mapMode
 	var own *os.File
-	if need := int64(img.presentPages() * c.pageSize); need > 0 {
-		if own, err = openPages(oldPages, need); err != nil {
-			return err
+	if need := index.presentBytes; need > 0 {
+		if own, err = openPages(top, pagesName(img.pagesID), need, mapPath); err != nil {
+			return nil, err
 		}
-		defer own.Close()
+		j.own = own
 		fi, err := own.Stat()
 		if err != nil {
-			return err
+			return j, err
 		}
-		pagesMode = fi.Mode()
+		j.pagesMode = fi.Mode().Perm()
 	}
-
-	flat := &pagemapImage{pagesID: newID, wide: img.wide}
-	var plan copyPlan
+	ps := c.pageSize
 	var ownOff int64
-	var kept, copied uint64
 	for _, e := range img.entries {
-		if e.vaddr%c.pageSize != 0 {
-			return fmt.Errorf("pagemap entry %s: not page aligned", e)
-		}
+		n := int64(e.pages * ps) // checked by newPageIndex
 		if e.present() {
-			n := int64(e.pages * c.pageSize)
-			plan.add(own, ownOff, n)
+			j.plan.add(own, ownOff, n)
 			ownOff += n
-			flat.entries = appendMerged(flat.entries, e, c.pageSize, flat.maxEntryPages())
-			kept += e.pages
+			j.flat.entries = appendMerged(j.flat.entries, e, ps, j.flat.maxEntryPages())
+			j.kept += e.pages
 			continue
 		}
 		// PE_PARENT (entryFromProto refused anything else): the same
 		// pagemap one level up, as CRIU's try_open_parent opens it.
 		err := c.resolve(0, name, e.vaddr, e.pages, func(s segment) {
-			plan.add(s.src, s.off, int64(s.pages*c.pageSize))
-			flat.entries = appendMerged(flat.entries, entry{vaddr: s.vaddr, pages: s.pages, flags: s.flags}, c.pageSize, flat.maxEntryPages())
-			copied += s.pages
+			j.plan.add(s.src, s.off, int64(s.pages*ps))
+			j.flat.entries = appendMerged(j.flat.entries, entry{vaddr: s.vaddr, pages: s.pages, flags: s.flags}, ps, j.flat.maxEntryPages())
+			j.copied += s.pages
 		})
 		if err != nil {
-			return err
+			return j, err
 		}
 	}
+	j.img = img
+	return j, nil
+}
 
-	res.PagesKept += kept
+func (j *pagemapJob) close() {
+	if j.own != nil {
+		j.own.Close()
+	}
+}
+
+// writePagemapJob writes j's new pages file (under pages_id newID) and
+// pagemap, to be committed by r.
+func writePagemapJob(j *pagemapJob, newID uint32, r *replacement, pageSize uint64, res *Result) error {
+	res.PagesKept += j.kept
 	done := false
-	if consume {
-		t, err := planTakeover(name, img, own, c, &plan)
-		if err != nil {
+	if t := j.takeover; t != nil {
+		var err error
+		if done, err = t.write(r, pagesName(newID)); err != nil {
 			return err
 		}
-		if t != nil {
-			if done, err = t.write(r, pagesName(newID)); err != nil {
-				return err
-			}
-			if !done && res.TakeoverRefused == "" {
-				res.TakeoverRefused = t.refused.Error()
-			}
+		if !done && res.TakeoverRefused == "" {
+			res.TakeoverRefused = t.refused.Error()
 		}
 		if done {
-			tailCopied := uint64(t.tailCopied) / c.pageSize
-			res.PagesTakenOver += copied - tailCopied
+			tailCopied := uint64(t.tailCopied) / pageSize
+			res.PagesTakenOver += j.copied - tailCopied
 			res.PagesCopied += tailCopied
 			res.BytesCopied += t.tailCopied
 			res.BytesWritten += t.size()
 		}
 	}
 	if !done {
-		if err := writeNew(r, pagesName(newID), pagesMode, true, func(f *os.File) error {
+		if err := writeNew(r, pagesName(newID), j.pagesMode, true, func(f *os.File) error {
 			w := &pagesWriter{dst: f}
-			return w.run(&plan)
+			return w.run(&j.plan)
 		}); err != nil {
 			return err
 		}
-		res.PagesCopied += copied
-		res.BytesCopied += int64(copied * c.pageSize)
-		res.BytesWritten += plan.size()
+		res.PagesCopied += j.copied
+		res.BytesCopied += int64(j.copied * pageSize)
+		res.BytesWritten += j.plan.size()
 	}
-
-	if err := writeNew(r, name, mapInfo.Mode(), false, func(f *os.File) error {
-		return writePagemap(f, flat)
+	j.flat.pagesID = newID
+	if err := writeNew(r, j.name, j.mapMode, false, func(f *os.File) error {
+		return writePagemap(f, j.flat)
 	}); err != nil {
 		return err
 	}
-	r.obsolete = append(r.obsolete, oldPages)
+	r.obsolete = append(r.obsolete, j.oldPages)
 	res.Pagemaps++
 	return nil
 }
@@ -252,21 +366,6 @@ func writeNew(r *replacement, final string, mode os.FileMode, isPages bool, writ
 		err = cerr
 	}
 	return err
-}
-
-// dirNames lists dir, sorted.
-func dirNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, err
-	}
-	slices.Sort(names)
-	return names, nil
 }
 
 // unusedPagesID returns a pages_id above every pages file in the dir (0 if

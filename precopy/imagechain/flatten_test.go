@@ -162,21 +162,6 @@ func TestFlattenOneLevelEach(t *testing.T) {
 	sameMemory(t, memoryOfDir(t, filepath.Join(root, "d3")), want)
 }
 
-func TestFlattenAbsoluteParentLink(t *testing.T) {
-	root := t.TempDir()
-	writeFakeDir(t, filepath.Join(root, "a"), "a", "",
-		fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x10, 4, pe}}})
-	writeFakeDir(t, filepath.Join(root, "b"), "b", filepath.Join(root, "a"),
-		fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x10, 1, pe}, {0x11, 3, par}}})
-	want := memoryOfDir(t, filepath.Join(root, "b"))
-	if _, err := Flatten(filepath.Join(root, "b")); err != nil {
-		t.Fatal(err)
-	}
-	os.RemoveAll(filepath.Join(root, "a"))
-	checkFlat(t, filepath.Join(root, "b"))
-	sameMemory(t, memoryOfDir(t, filepath.Join(root, "b")), want)
-}
-
 func TestFlattenNoParent(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "d")
 	writeFakeDir(t, dir, "d", "", fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x10, 4, pel}}})

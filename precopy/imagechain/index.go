@@ -2,6 +2,7 @@ package imagechain
 
 import (
 	"fmt"
+	"math"
 	"slices"
 )
 
@@ -20,17 +21,31 @@ type span struct {
 	off int64 // byte offset in the pages file; present spans only
 }
 
+// newPageIndex checks img's entries against each other and the page size,
+// with arithmetic that cannot overflow (counts come from the image: CRIU
+// 4.2+ stores them in 64 bits), and indexes them. Every entry must be page
+// aligned and end at or below 2^64, the present ones together must fit a
+// file, and no two may overlap.
 func newPageIndex(img *pagemapImage, pageSize uint64) (*pageIndex, error) {
 	x := &pageIndex{pagesID: img.pagesID, spans: make([]span, 0, len(img.entries))}
-	var off int64
-	for _, e := range img.entries {
-		if e.vaddr%pageSize != 0 {
-			return nil, fmt.Errorf("pagemap entry %s: not page aligned", e)
+	var off, total int64 // present bytes; bytes of all entries
+	for i, e := range img.entries {
+		n, ok := mulPages(e.pages, pageSize)
+		switch {
+		case e.vaddr%pageSize != 0:
+			return nil, fmt.Errorf("pagemap entry %d %s: %w: not page aligned", i+1, e, ErrCorruptImage)
+		case !ok:
+			return nil, fmt.Errorf("pagemap entry %d %s: %w: more bytes than a file can hold", i+1, e, ErrCorruptImage)
+		case uint64(n) > math.MaxUint64-e.vaddr:
+			return nil, fmt.Errorf("pagemap entry %d %s: %w: ends beyond the address space", i+1, e, ErrCorruptImage)
+		case n > math.MaxInt64-total:
+			return nil, fmt.Errorf("pagemap entry %d %s: %w: the entries add up to more than a file can hold", i+1, e, ErrCorruptImage)
 		}
+		total += n
 		s := span{entry: e}
 		if e.present() {
 			s.off = off
-			off += int64(e.pages * pageSize)
+			off += n // <= total
 		}
 		x.spans = append(x.spans, s)
 	}
@@ -48,7 +63,7 @@ func newPageIndex(img *pagemapImage, pageSize uint64) (*pageIndex, error) {
 	})
 	for i := 1; i < len(x.spans); i++ {
 		if prev := x.spans[i-1]; prev.end(pageSize) > x.spans[i].vaddr {
-			return nil, fmt.Errorf("pagemap entries %s and %s overlap", prev.entry, x.spans[i].entry)
+			return nil, fmt.Errorf("pagemap entries %s and %s: %w: they overlap", prev.entry, x.spans[i].entry, ErrCorruptImage)
 		}
 	}
 	return x, nil
