@@ -186,8 +186,9 @@ func flatten(top *imageDir, bound string, pageSize uint64, consume bool) (res Re
 		}
 		pagemapOf[img.pagesID] = name
 		if !img.hasParentEntries() {
-			// Kept as they are; the flat image vouches for them.
-			if err := top.checkFile(pagesName(img.pagesID), fileCheck{minSize: index.presentBytes, need: "its pagemap " + top.join(name)}); err != nil {
+			// Kept as they are; the flat image vouches for them (a second
+			// name would put another file's bytes into the checkpoint).
+			if err := top.checkFile(pagesName(img.pagesID), fileCheck{oneLink: true, minSize: index.presentBytes, need: "its pagemap " + top.join(name)}); err != nil {
 				if !(errors.Is(err, fs.ErrNotExist) && index.presentBytes == 0) {
 					return res, err
 				}

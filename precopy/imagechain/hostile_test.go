@@ -477,3 +477,24 @@ func TestFlattenConsumingSharedParentPages(t *testing.T) {
 	}
 	sameMemory(t, memoryOfDir(t, h.d2), want)
 }
+
+// TestHostileLinkedKeptPages links the pages file of a pagemap flatten
+// keeps as it is (a task new in d2): the flat image would vouch for it,
+// and containerd would tar the other file's bytes into the checkpoint.
+func TestHostileLinkedKeptPages(t *testing.T) {
+	for _, f := range flatteners {
+		for _, kind := range []string{"symlink", "hard link"} {
+			t.Run(f.name+"/"+kind, func(t *testing.T) {
+				h := newHostileChain(t)
+				writeFakePagemap(t, h.d2, "d2", fakePagemap{name: "pagemap-3.img", pagesID: 9, entries: []fakeEntry{{0x300, 2, pe}}})
+				p := filepath.Join(h.d2, pagesName(9))
+				if kind == "symlink" {
+					replaceWithSymlink(t, p, h.secret)
+				} else {
+					replaceWithHardLink(t, p, h.secret)
+				}
+				refused(t, h, f.flatten, f.name == "FlattenConsuming", p)
+			})
+		}
+	}
+}
