@@ -161,6 +161,9 @@ func flattenCopy(t *testing.T, label, chain, dst string, dirs []string, consumeL
 	}
 	d3 := filepath.Join(dst, "d3")
 	checkFlat(t, d3)
+	if err := CheckFlat(d3); err != nil {
+		t.Error(err)
+	}
 	sameMemory(t, memoryOfDir(t, d3), want)
 }
 

@@ -49,7 +49,7 @@ func pageContent(tag, name string, vaddr uint64) []byte {
 
 // writeFakeDir creates dir with pagemaps whose present pages hold
 // pageContent(tag, ...), and a parent link to parent unless it is "".
-func writeFakeDir(t *testing.T, dir, tag, parent string, pms ...fakePagemap) {
+func writeFakeDir(t testing.TB, dir, tag, parent string, pms ...fakePagemap) {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -68,7 +68,7 @@ func writeFakeDir(t *testing.T, dir, tag, parent string, pms ...fakePagemap) {
 	}
 }
 
-func writeFakePagemap(t *testing.T, dir, tag string, pm fakePagemap) {
+func writeFakePagemap(t testing.TB, dir, tag string, pm fakePagemap) {
 	t.Helper()
 	id := pm.pagesID
 	img := &crit.CriuImage{Magic: pagemapMagic, Entries: []*crit.CriuEntry{{Message: &pagemap.PagemapHead{PagesId: &id}}}}
@@ -319,4 +319,13 @@ func dirNames(dir string) ([]string, error) {
 	}
 	defer d.close()
 	return d.names()
+}
+
+// readPagemapFile decodes a pagemap by path (a test's own files).
+func readPagemapFile(path string) (*pagemapImage, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return decodePagemap(b)
 }

@@ -498,3 +498,96 @@ func TestHostileLinkedKeptPages(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckFlat checks a flattened dir, then breaks it one way at a time:
+// what a restore must not be handed is refused, naming the file.
+func TestCheckFlat(t *testing.T) {
+	flat := func(t *testing.T) *hostileChain {
+		h := newHostileChain(t)
+		if _, err := Flatten(h.d2); err != nil {
+			t.Fatal(err)
+		}
+		if err := CheckFlat(h.d2); err != nil {
+			t.Fatalf("flattened dir: %v", err)
+		}
+		return h
+	}
+	pagesOf := func(t *testing.T, h *hostileChain, name string) string {
+		img, err := readPagemapFile(filepath.Join(h.d2, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Join(h.d2, pagesName(img.pagesID))
+	}
+	for _, tc := range []struct {
+		name    string
+		breakIt func(t *testing.T, h *hostileChain) string // returns the file to name
+		is      error
+	}{
+		{"symlinked core image", func(t *testing.T, h *hostileChain) string {
+			p := filepath.Join(h.d2, "inventory.img")
+			replaceWithSymlink(t, p, h.secret)
+			return p
+		}, ErrUnsafeImage},
+		{"hard-linked pages", func(t *testing.T, h *hostileChain) string {
+			p := pagesOf(t, h, "pagemap-1.img")
+			replaceWithHardLink(t, p, h.secret)
+			return p
+		}, ErrUnsafeImage},
+		{"hard-linked other file", func(t *testing.T, h *hostileChain) string {
+			p := filepath.Join(h.d2, "core-1.img")
+			if err := os.Link(h.secret, p); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}, ErrUnsafeImage},
+		{"FIFO", func(t *testing.T, h *hostileChain) string {
+			p := filepath.Join(h.d2, "fs-1.img")
+			if err := unix.Mkfifo(p, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}, ErrUnsafeImage},
+		{"parent link", func(t *testing.T, h *hostileChain) string {
+			p := filepath.Join(h.d2, parentLinkName)
+			if err := os.Symlink("../d1", p); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}, ErrUnsafeImage},
+		{"PE_PARENT entries", func(t *testing.T, h *hostileChain) string {
+			p := filepath.Join(h.d2, "pagemap-9.img")
+			writeRawPagemap(t, p, 99, false, entry{0x900 * pageSize, 1, par})
+			return p
+		}, ErrMissingParentPages},
+		{"truncated pages", func(t *testing.T, h *hostileChain) string {
+			p := pagesOf(t, h, "pagemap-1.img")
+			if err := os.Truncate(p, int64(pageSize)); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}, ErrCorruptImage},
+		{"oversized count", func(t *testing.T, h *hostileChain) string {
+			p := filepath.Join(h.d2, "pagemap-9.img")
+			writeRawPagemap(t, p, 99, true, entry{0x900 * pageSize, 1 << 52, pe})
+			return p
+		}, ErrCorruptImage},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := flat(t)
+			file := tc.breakIt(t, h)
+			outside := treeState(t, h.outside)
+			d2 := treeState(t, h.d2)
+			err := CheckFlat(h.d2)
+			t.Log(err)
+			switch {
+			case !errors.Is(err, tc.is):
+				t.Errorf("error %v, want %v", err, tc.is)
+			case !strings.Contains(err.Error(), file):
+				t.Errorf("error %q does not name %s", err, file)
+			}
+			sameTree(t, treeState(t, h.outside), outside)
+			sameTree(t, treeState(t, h.d2), d2)
+		})
+	}
+}
