@@ -27,7 +27,13 @@ SCENARIO ?=
 # Extra bench flags, e.g. BENCH_FLAGS='-runs 5' or '-sizes 64,256'.
 BENCH_FLAGS ?=
 
-.PHONY: build deps install test test-unit test-integration test-vm demo demo-precopyd bench clean
+# Go fuzz targets (package:target), each run for FUZZTIME by `make fuzz`;
+# `make test` runs them briefly, `make fuzz FUZZTIME=10m` explores. A
+# failing input is saved under the package's testdata/fuzz.
+FUZZTIME ?= 5s
+FUZZ_TARGETS := ./precopy/imagechain:FuzzDecodePagemap ./precopy/imagechain:FuzzFlatten
+
+.PHONY: build deps install test test-unit fuzz test-integration test-vm demo demo-precopyd bench clean
 
 build:
 	mkdir -p $(BIN)
@@ -48,7 +54,18 @@ test: deps build
 		bash hack/test-summary.sh $(OUT)/test-*.log; exit $$rc
 
 test-unit:
+	mkdir -p $(OUT)
 	go test -count=1 -v $$(go list ./... | grep -v '/integration$$') 2>&1 | tee $(OUT)/test-unit.log
+	$(MAKE) --no-print-directory fuzz
+
+# FuzzFlatten writes image dirs: on tmpfs (as precopy's rounds are) it runs
+# about twice as many inputs as on disk.
+fuzz:
+	mkdir -p $(OUT)
+	if [ -w /dev/shm ]; then export TMPDIR=/dev/shm; fi; \
+	for t in $(FUZZ_TARGETS); do \
+		go test -v -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}/" || exit 1; \
+	done 2>&1 | tee $(OUT)/test-fuzz.log
 
 test-integration: build
 	go test -count=1 -v -timeout $(TEST_TIMEOUT) -run '$(RUN)' ./integration/ 2>&1 | tee $(OUT)/test-integration.log
