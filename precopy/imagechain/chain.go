@@ -16,8 +16,9 @@ import (
 // leaves in an incremental image dir (criu/image.c: CR_PARENT_LINK).
 const parentLinkName = "parent"
 
-// maxChainDepth bounds the walk; real chains are a handful of rounds.
-const maxChainDepth = 4096
+// maxChainDepth bounds the walk, and the dirs held open: real chains are a
+// handful of rounds (precopy's io.precopy.max-rounds is at most 20).
+const maxChainDepth = 256
 
 // parentLink reads d's parent link: its target, and whether there is one.
 // CRIU follows anything named "parent" (open_parent), but this package
