@@ -18,13 +18,13 @@ import (
 	"github.com/precopy/precopy/integration/harness"
 	"github.com/precopy/precopy/integration/workload"
 	"github.com/precopy/precopy/precopy"
-	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/settings"
 )
 
 // lowMinSize lets the tests' 32 MiB workload pre-copy (the policy's
 // default minimum is 64 MiB). Through a handler's annotation allow-list
 // it also shows that precopy's settings reach the shim from Kubernetes.
-var lowMinSize = map[string]string{policy.AnnotationMinSize: "16MiB"}
+var lowMinSize = map[string]string{settings.AnnotationMinSize: "16MiB"}
 
 // lowDirtyArgs make memload the low-dirty load pre-copy is for (like the
 // bench's low-dirty scenarios: a hot tenth of memory rewritten slowly),
@@ -354,10 +354,10 @@ func TestCRIPrecopyAnnotationRejected(t *testing.T) {
 	ctx := testContext(t, d)
 	for _, handler := range []string{handlerRuncPath, handlerPrecopy} {
 		pod := createCRIMemload(t, ctx, d, cri, "bad-annotation-"+handler, handler,
-			criAnnotations{container: map[string]string{policy.AnnotationMode: "sometimes"}})
+			criAnnotations{container: map[string]string{settings.AnnotationMode: "sometimes"}})
 		_, err := cri.Runtime.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: pod.ContainerID})
-		if err == nil || !strings.Contains(err.Error(), policy.AnnotationMode) || !strings.Contains(err.Error(), "sometimes") {
-			t.Errorf("%s: start with %s=sometimes: %v, want an error naming the annotation", handler, policy.AnnotationMode, err)
+		if err == nil || !strings.Contains(err.Error(), settings.AnnotationMode) || !strings.Contains(err.Error(), "sometimes") {
+			t.Errorf("%s: start with %s=sometimes: %v, want an error naming the annotation", handler, settings.AnnotationMode, err)
 		}
 	}
 }

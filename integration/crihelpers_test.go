@@ -19,7 +19,7 @@ import (
 
 	"github.com/precopy/precopy/integration/harness"
 	"github.com/precopy/precopy/integration/workload"
-	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/settings"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
@@ -45,7 +45,7 @@ func startCRIDaemon(t *testing.T) (*harness.Daemon, *harness.CRIClient) {
 	t.Helper()
 	requireStack(t)
 	ctx := context.Background()
-	annotations := []string{policy.AnnotationPrefix + "*"}
+	annotations := []string{settings.AnnotationPrefix + "*"}
 	d, err := harness.StartDaemon(ctx, harness.Options{
 		ShimDirs:  []string{stack.bins.Dir},
 		Namespace: fmt.Sprintf("%s-cri%d", stack.daemon.Namespace, criDaemons.Add(1)),

@@ -15,7 +15,7 @@ import (
 	"github.com/precopy/precopy/integration/harness"
 	"github.com/precopy/precopy/integration/workload"
 	"github.com/precopy/precopy/precopy"
-	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/settings"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
@@ -91,7 +91,7 @@ func TestEarlyThaw(t *testing.T) {
 	t.Run("force thaws after the dump", func(t *testing.T) {
 		ctx := testContext(t, d)
 		task := runMemloadAnnotated(t, d, "thaw-force", precopyshim.Runtime,
-			map[string]string{policy.AnnotationEarlyThaw: string(policy.EarlyThawForce)}, args...)
+			map[string]string{settings.AnnotationEarlyThaw: string(settings.EarlyThawForce)}, args...)
 		before := queryMemload(t, ctx, task)
 		const ref = "precopy.test/thaw:force"
 		report, _ := checkpointWatched(t, ctx, d, task.ID(), ref, true)

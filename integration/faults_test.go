@@ -18,6 +18,7 @@ import (
 
 	"github.com/precopy/precopy/integration/harness"
 	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/settings"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
@@ -356,10 +357,10 @@ func TestPreCopyMemoryBudget(t *testing.T) {
 	d := stack.daemon
 	ctx := testContext(t, d)
 	task := runMemloadAnnotated(t, d, "memory-budget", precopyshim.Runtime, map[string]string{
-		policy.AnnotationMinSize:      "16MiB",
-		policy.AnnotationMemoryBudget: "56MiB",
+		settings.AnnotationMinSize:      "16MiB",
+		settings.AnnotationMemoryBudget: "56MiB",
 		// Never met, so that only the budget can stop round 1.
-		policy.AnnotationTargetDowntime: "1us",
+		settings.AnnotationTargetDowntime: "1us",
 	}, "-mib", "48", "-dirty-mibps", "16", "-hot", "0.5")
 	const ref = "precopy.test/checkpoint:memory-budget"
 	checkpointCtr(t, ctx, d, task.ID(), ref)
@@ -379,9 +380,9 @@ func TestBadAnnotations(t *testing.T) {
 	for _, tc := range []struct {
 		key, value, want string
 	}{
-		{policy.AnnotationMaxRounds, "lots", "whole number"},
-		{policy.AnnotationMemoryBudget, "-1GiB", "byte size"},
-		{policy.AnnotationPrefix + "max-round", "3", "did you mean " + policy.AnnotationMaxRounds},
+		{settings.AnnotationMaxRounds, "lots", "whole number"},
+		{settings.AnnotationMemoryBudget, "-1GiB", "byte size"},
+		{settings.AnnotationPrefix + "max-round", "3", "did you mean " + settings.AnnotationMaxRounds},
 	} {
 		id := "bad-annotation-" + strings.ReplaceAll(tc.key, ".", "-")
 		_, err := newMemloadTask(t, d, id, precopyshim.Runtime, []oci.SpecOpts{oci.WithAnnotations(map[string]string{tc.key: tc.value})})

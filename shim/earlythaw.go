@@ -15,7 +15,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/precopy/precopy/precopy"
-	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/settings"
 	"github.com/precopy/precopy/snapshotter/pin"
 	"github.com/precopy/precopy/snapshotter/pinservice"
 )
@@ -52,9 +52,9 @@ func (c *container) earlyThaw(opts *options.CheckpointOptions) (thawDecision, *p
 		t.Reason = why
 		return thawNo, t
 	}
-	mode := c.settings.Policy.EarlyThaw
+	mode := c.settings.EarlyThaw
 	switch {
-	case mode == policy.EarlyThawNever:
+	case mode == settings.EarlyThawNever:
 		return no("io.precopy.early-thaw is never")
 	case opts.Exit:
 		return no("the checkpoint stops the container")
@@ -64,7 +64,7 @@ func (c *container) earlyThaw(opts *options.CheckpointOptions) (thawDecision, *p
 		return no("the shim did not pause the container for this checkpoint")
 	case time.Since(c.pausedAt) > checkpointFollowsPause:
 		return no(fmt.Sprintf("the container was paused %s before the checkpoint: a pause the user holds", time.Since(c.pausedAt).Round(time.Millisecond)))
-	case mode == policy.EarlyThawForce:
+	case mode == settings.EarlyThawForce:
 		t.Reason = "io.precopy.early-thaw is force: writes after the dump may reach the rw-layer diff"
 		return thawYes, t
 	case c.readonlyRootfs:

@@ -10,14 +10,14 @@ import (
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runc/options"
 
-	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/settings"
 )
 
 func TestEarlyThawDecision(t *testing.T) {
 	justPaused := time.Now().Add(-100 * time.Millisecond)
 	for _, tc := range []struct {
 		name      string
-		mode      policy.EarlyThaw
+		mode      settings.EarlyThaw
 		readonly  bool
 		upper     string
 		precopyd  string
@@ -27,19 +27,19 @@ func TestEarlyThawDecision(t *testing.T) {
 		reasonHas string
 	}{
 		{"read-only rootfs", "", true, "", "", justPaused, false, thawYes, "read-only"},
-		{"auto, read-only rootfs", policy.EarlyThawAuto, true, "", "", justPaused, false, thawYes, "read-only"},
+		{"auto, read-only rootfs", settings.EarlyThawAuto, true, "", "", justPaused, false, thawYes, "read-only"},
 		{"writable rootfs, no precopyd", "", false, "/u", "", justPaused, false, thawNo, "no precopyd"},
 		{"writable rootfs, layer unknown", "", false, "", "/p.sock", justPaused, false, thawNo, "unknown"},
 		{"writable rootfs, precopyd", "", false, "/u", "/p.sock", justPaused, false, thawIfPinned, "pins"},
-		{"forced", policy.EarlyThawForce, false, "/u", "", justPaused, false, thawYes, "force"},
-		{"never", policy.EarlyThawNever, true, "/u", "/p.sock", justPaused, false, thawNo, "never"},
-		{"exit mode", policy.EarlyThawForce, true, "", "", justPaused, true, thawNo, "stops the container"},
-		{"running task", policy.EarlyThawForce, true, "", "", time.Time{}, false, thawNo, "did not pause"},
-		{"pause the user holds", policy.EarlyThawForce, true, "", "", time.Now().Add(-time.Minute), false, thawNo, "user holds"},
+		{"forced", settings.EarlyThawForce, false, "/u", "", justPaused, false, thawYes, "force"},
+		{"never", settings.EarlyThawNever, true, "/u", "/p.sock", justPaused, false, thawNo, "never"},
+		{"exit mode", settings.EarlyThawForce, true, "", "", justPaused, true, thawNo, "stops the container"},
+		{"running task", settings.EarlyThawForce, true, "", "", time.Time{}, false, thawNo, "did not pause"},
+		{"pause the user holds", settings.EarlyThawForce, true, "", "", time.Now().Add(-time.Minute), false, thawNo, "user holds"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &container{readonlyRootfs: tc.readonly, pausedAt: tc.pausedAt, upper: tc.upper}
-			c.settings.Policy.EarlyThaw = tc.mode
+			c.settings.EarlyThaw = tc.mode
 			c.settings.PrecopydAddress = tc.precopyd
 			got, thaw := c.earlyThaw(&options.CheckpointOptions{Exit: tc.exit})
 			if got != tc.want || !strings.Contains(thaw.Reason, tc.reasonHas) {

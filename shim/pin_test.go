@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/precopy/precopy/precopy"
+	"github.com/precopy/precopy/settings"
 	"github.com/precopy/precopy/snapshotter/pin"
 	"github.com/precopy/precopy/snapshotter/pinservice"
 )
@@ -71,7 +72,7 @@ func TestPinBookkeeping(t *testing.T) {
 	ctx := context.Background()
 	f := &fakePinner{pinned: map[string]bool{}}
 	sock := servePins(t, f)
-	s := New(nil, Settings{})
+	s := New(nil, settings.Settings{})
 	c := &container{id: "c1", upper: "/pd/snapshots/7/fs"}
 	c.settings.PrecopydAddress = sock
 

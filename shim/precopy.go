@@ -23,6 +23,7 @@ import (
 	"github.com/precopy/precopy/precopy"
 	"github.com/precopy/precopy/precopy/imagechain"
 	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/settings"
 )
 
 // discardAfter is how long the rounds of a pre-copying Pause wait for the
@@ -46,7 +47,7 @@ type container struct {
 	id        string
 	bundle    string
 	namespace string
-	settings  Settings
+	settings  settings.Settings
 
 	// chain is what a pre-copying Pause left for the Checkpoint after it;
 	// report is that Pause's account, also when it skipped pre-copy.
@@ -146,7 +147,7 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 		log.G(ctx).WithField("id", c.id).Infof("precopy: one-shot checkpoint: %s", why)
 		return nil, report
 	}
-	if c.settings.Mode != ModeAlways {
+	if c.settings.Mode != settings.ModeAlways {
 		return skip(fmt.Sprintf("pre-copy mode is %q", c.settings.Mode))
 	}
 	if ok, why := softDirty(); !ok {
@@ -166,7 +167,7 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 	if no, why := policy.Skip(c.settings.Policy, mem); no {
 		return skip(fmt.Sprintf("policy: %s (%d MiB resident)", why, mem>>20))
 	}
-	settings := c.settings.withFixedCost(c.finalFixed)
+	cs := withFixedCost(c.settings, c.finalFixed)
 	// A caller with a deadline (the kubelet's checkpoint request, through
 	// the CRI plugin) must get its checkpoint before it: rounds may use at
 	// most half of the time left, the other half being for the final dump
@@ -177,8 +178,8 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 		if left < minRoundsTime {
 			return skip(fmt.Sprintf("the request's deadline leaves %s for pre-copy", left.Round(time.Millisecond)))
 		}
-		if settings.Policy.TimeBudget == 0 || left < settings.Policy.TimeBudget {
-			settings.Policy.TimeBudget = left
+		if cs.Policy.TimeBudget == 0 || left < cs.Policy.TimeBudget {
+			cs.Policy.TimeBudget = left
 		}
 	}
 	s.criu.use(c.ownNetns)
@@ -188,7 +189,7 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger string) (*p
 	}
 	e := &precopy.Engine{
 		Dumper:    runcPreDumper{runc: r, id: c.id},
-		Policy:    settings.policy(),
+		Policy:    policyAdapter(cs.Policy),
 		Stats:     precopy.ReadDumpStats,
 		Flatten:   flatten,
 		Dir:       filepath.Join(c.bundle, "precopy"),

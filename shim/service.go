@@ -32,6 +32,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 
 	"github.com/precopy/precopy/precopy"
+	"github.com/precopy/precopy/settings"
 	"github.com/precopy/precopy/snapshotter/pinservice"
 )
 
@@ -41,7 +42,7 @@ type Service struct {
 	// override are served by it unchanged.
 	taskAPI.TTRPCTaskService
 
-	defaults Settings
+	defaults settings.Settings
 	// configErr is what was wrong with the config file: every Create
 	// fails with it rather than run on defaults the operator did not ask
 	// for.
@@ -56,16 +57,16 @@ type Service struct {
 }
 
 // New wraps inner, the runc-v2 task service of this shim process.
-func New(inner taskAPI.TTRPCTaskService, defaults Settings) *Service {
+func New(inner taskAPI.TTRPCTaskService, defaults settings.Settings) *Service {
 	return &Service{TTRPCTaskService: inner, defaults: defaults, containers: make(map[string]*container)}
 }
 
 // NewFromConfig wraps inner with the defaults of the shim's config file
-// (ConfigPath, or $PRECOPY_CONFIG). A bad config file fails every Create
+// (settings.Path). A bad config file fails every Create
 // with an error naming the file and the setting.
 func NewFromConfig(inner taskAPI.TTRPCTaskService) *Service {
-	settings, err := LoadSettings(configPath())
-	s := New(inner, settings)
+	defaults, err := settings.Load(settings.Path())
+	s := New(inner, defaults)
 	if err != nil {
 		s.configErr = err
 		log.L.WithError(err).Error("precopy: bad config file; containers cannot be created until it is fixed")
@@ -93,7 +94,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if s.configErr != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, s.configErr, errdefs.ErrInvalidArgument))
 	}
-	settings, spec, err := s.settingsOf(r.Bundle)
+	cs, spec, err := s.settingsOf(r.Bundle)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
 	}
@@ -105,20 +106,20 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if err != nil {
 		return nil, err
 	}
-	c := &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: settings, readonlyRootfs: spec.readonlyRootfs, ownNetns: spec.ownNetns, upper: writableLayer(r.Rootfs)}
+	c := &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: cs, readonlyRootfs: spec.readonlyRootfs, ownNetns: spec.ownNetns, upper: writableLayer(r.Rootfs)}
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
-	if c.upper != "" && settings.PrecopydAddress != "" && !c.readonlyRootfs {
+	if c.upper != "" && cs.PrecopydAddress != "" && !c.readonlyRootfs {
 		// Connect to precopyd now, not in a checkpoint's frozen window.
-		if _, err := os.Stat(settings.PrecopydAddress); err == nil {
-			s.pinClient(settings.PrecopydAddress)
+		if _, err := os.Stat(cs.PrecopydAddress); err == nil {
+			s.pinClient(cs.PrecopydAddress)
 		}
 	}
 	// Probing CRIU takes a few execs of it: do it now, not inside the
 	// first checkpoint's frozen window.
 	go s.criu.use(c.ownNetns)
-	log.G(ctx).WithFields(log.Fields{"id": r.ID, "restore": r.Checkpoint != "", "precopy_mode": settings.Mode}).Debug("precopy: create")
+	log.G(ctx).WithFields(log.Fields{"id": r.ID, "restore": r.Checkpoint != "", "precopy_mode": cs.Mode}).Debug("precopy: create")
 	return resp, nil
 }
 
@@ -134,10 +135,10 @@ type specFacts struct {
 
 // settingsOf reads the container's settings and specFacts from the
 // bundle's OCI spec.
-func (s *Service) settingsOf(bundle string) (Settings, specFacts, error) {
+func (s *Service) settingsOf(bundle string) (settings.Settings, specFacts, error) {
 	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
-		return Settings{}, specFacts{}, err
+		return settings.Settings{}, specFacts{}, err
 	}
 	var spec struct {
 		Annotations map[string]string `json:"annotations"`
@@ -151,7 +152,7 @@ func (s *Service) settingsOf(bundle string) (Settings, specFacts, error) {
 		} `json:"linux"`
 	}
 	if err := json.Unmarshal(b, &spec); err != nil {
-		return Settings{}, specFacts{}, fmt.Errorf("read OCI spec: %w", err)
+		return settings.Settings{}, specFacts{}, fmt.Errorf("read OCI spec: %w", err)
 	}
 	var facts specFacts
 	facts.readonlyRootfs = spec.Root != nil && spec.Root.Readonly
@@ -160,8 +161,8 @@ func (s *Service) settingsOf(bundle string) (Settings, specFacts, error) {
 			facts.ownNetns = facts.ownNetns || ns.Type == "network"
 		}
 	}
-	settings, err := s.defaults.With(spec.Annotations)
-	return settings, facts, err
+	cs, err := s.defaults.With(spec.Annotations)
+	return cs, facts, err
 }
 
 // Pause pre-copies the container's memory while it runs, then freezes it.

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/precopy/precopy/settings"
 )
 
 // TestSpecFacts reads what the shim needs of a container's OCI spec: a
@@ -26,7 +28,7 @@ func TestSpecFacts(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(tc.spec), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, got, err := New(nil, DefaultSettings()).settingsOf(bundle)
+			_, got, err := New(nil, settings.Default()).settingsOf(bundle)
 			if err != nil || got != tc.want {
 				t.Fatalf("facts %+v, %v; want %+v", got, err, tc.want)
 			}

@@ -4,15 +4,17 @@ import (
 	"fmt"
 
 	units "github.com/docker/go-units"
+
+	"github.com/precopy/precopy/settings"
 )
 
-// byteSize is a flag.Value for a byte count with an optional binary suffix:
-// 1048576, 512MiB, 2GiB, 1.5g. Decimal-looking suffixes (MB, GB) are read
-// as binary too, as docker's --memory does.
+// byteSize is a flag.Value for a byte count, read by precopy's one
+// byte-size parser (settings.ParseBytes): 1048576, 512MiB, 2GiB, 1.5Gi,
+// or 2GB (powers of 1000).
 type byteSize int64
 
 func (b *byteSize) Set(s string) error {
-	n, err := units.RAMInBytes(s)
+	n, err := settings.ParseBytes(s)
 	if err != nil {
 		return fmt.Errorf("byte size %q: %w", s, err)
 	}

@@ -127,7 +127,7 @@ func TestStaleSocket(t *testing.T) {
 }
 
 func TestByteSize(t *testing.T) {
-	for in, want := range map[string]int64{"0": 0, "1048576": 1 << 20, "512MiB": 512 << 20, "2GiB": 2 << 30, "1.5g": 3 << 29} {
+	for in, want := range map[string]int64{"0": 0, "1048576": 1 << 20, "512MiB": 512 << 20, "2GiB": 2 << 30, "1.5gi": 3 << 29, "2GB": 2e9, "1.5g": 1.5e9} {
 		var b byteSize
 		if err := b.Set(in); err != nil || int64(b) != want {
 			t.Errorf("Set(%q) = %d, %v; want %d", in, b, err, want)
@@ -137,6 +137,13 @@ func TestByteSize(t *testing.T) {
 		var b byteSize
 		if err := b.Set(in); err == nil {
 			t.Errorf("Set(%q) accepted", in)
+		}
+	}
+	// What the flag prints as its default reads back as the same size.
+	for _, n := range []byteSize{512 << 20, 3 << 29} {
+		var b byteSize
+		if err := b.Set(n.String()); err != nil || b != n {
+			t.Errorf("Set(%q) = %d, %v; want %d", n.String(), b, err, n)
 		}
 	}
 }

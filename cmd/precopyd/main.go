@@ -39,7 +39,7 @@ func main() {
 	)
 	flag.StringVar(&cfg.address, "address", "/run/precopyd/precopyd.sock", "unix socket to serve containerd's content (and snapshots) API on")
 	flag.StringVar(&cfg.stateDir, "state-dir", "/run/precopyd", "directory for the record of what the content store holds and the snapshotter's tmpfs and metadata; keep it on a tmpfs")
-	flag.Var(&limit, "content-limit", "most bytes the store holds, blobs and unfinished writes together, e.g. 512MiB or 2GiB (binary units; 0 = unlimited)")
+	flag.Var(&limit, "content-limit", "most bytes the store holds, blobs and unfinished writes together, e.g. 512MiB or 2GiB (MiB, GiB: powers of 1024; MB, GB: powers of 1000; 0 = unlimited)")
 	flag.Var(&snapshotLimit, "snapshot-limit", "serve a snapshotter on a tmpfs of this size, e.g. 1GiB (0 = no snapshotter)")
 	flag.StringVar(&cfg.persistDir, "persist-dir", "", "directory to write blobs to behind the store and recover them from at start (empty = memory only: a restart loses them)")
 	flag.StringVar(&cfg.debugAddress, "debug-address", "", "host:port to serve metrics (content store, snapshotter, persist dir) on as JSON at /metrics.json (empty = off; no authentication)")

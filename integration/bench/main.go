@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/precopy/precopy/integration/harness"
-	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/settings"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
@@ -63,7 +63,7 @@ var scenarios = map[string]scenario{
 	// the workload's rootfs is writable).
 	"low-dirty-256m-early-thaw": {
 		args:        []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"},
-		annotations: map[string]string{policy.AnnotationEarlyThaw: string(policy.EarlyThawForce)},
+		annotations: map[string]string{settings.AnnotationEarlyThaw: string(settings.EarlyThawForce)},
 	},
 }
 
@@ -278,7 +278,7 @@ func criHandlers(b harness.Binaries) []harness.CRIHandler {
 	return []harness.CRIHandler{
 		{Name: criStockHandler, RuntimeType: precopyshim.RuncRuntime, RuncOptions: true},
 		{Name: criPrecopyHandler, RuntimeType: precopyshim.RuncRuntime, RuntimePath: b.Path(harness.ShimBinary),
-			RuncOptions: true, Annotations: []string{policy.AnnotationPrefix + "*"}},
+			RuncOptions: true, Annotations: []string{settings.AnnotationPrefix + "*"}},
 	}
 }
 

@@ -13,7 +13,7 @@ import (
 
 	"github.com/precopy/precopy/integration/benchresults"
 	"github.com/precopy/precopy/integration/harness"
-	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/settings"
 )
 
 // The matrix's workloads: memload's dirtying flags.
@@ -37,8 +37,8 @@ var matrixConfigs = []struct {
 	annotations map[string]string
 }{
 	{"stock", false, nil},
-	{"precopy-1", true, map[string]string{policy.AnnotationRounds: "1"}},
-	{"precopy-3", true, map[string]string{policy.AnnotationRounds: "3"}},
+	{"precopy-1", true, map[string]string{settings.AnnotationRounds: "1"}},
+	{"precopy-3", true, map[string]string{settings.AnnotationRounds: "3"}},
 	{"adaptive", true, nil},
 }
 

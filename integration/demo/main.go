@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/precopy/precopy/integration/harness"
-	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/settings"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
@@ -86,9 +86,9 @@ func run(ctx context.Context, mib int, dirty, hot float64, precopyd bool) (retEr
 		return err
 	}
 	fmt.Printf("\n2b. precopy with early thaw (annotation %s=%s: the container runs again once the final dump is written)\n",
-		policy.AnnotationEarlyThaw, policy.EarlyThawForce)
+		settings.AnnotationEarlyThaw, settings.EarlyThawForce)
 	thawed, err := x.checkpointAnnotated(ctx, "precopy-thaw", precopyshim.Runtime,
-		map[string]string{policy.AnnotationEarlyThaw: string(policy.EarlyThawForce)})
+		map[string]string{settings.AnnotationEarlyThaw: string(settings.EarlyThawForce)})
 	if err != nil {
 		return err
 	}

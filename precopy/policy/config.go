@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"errors"
 	"fmt"
 	"time"
 )
@@ -11,7 +10,8 @@ import (
 // that shrink slowly without letting a typo run pre-copy for ever.
 const MaxRoundsLimit = 20
 
-// Config is a container's pre-copy policy. Zero budgets mean no limit.
+// Config is the stop rule's numbers for one container (settings reads
+// them from its annotations). Zero budgets mean no limit.
 type Config struct {
 	// TargetFreeze is the final-dump freeze to aim for: pre-copy stops as
 	// soon as the predicted final freeze is within it.
@@ -47,13 +47,6 @@ type Config struct {
 	// The policy uses at least the non-memory freeze it measured in the
 	// rounds, which a final dump repeats.
 	FinalDumpFixedCost time.Duration
-	// Mode is the container's io.precopy.mode, if it has one. The policy
-	// does not read it; the shim decides with it whether to pre-copy.
-	Mode Mode
-	// EarlyThaw is the container's io.precopy.early-thaw, if it has one.
-	// The policy does not read it either: the shim decides with it whether
-	// to thaw the container as soon as the final dump is written.
-	EarlyThaw EarlyThaw
 }
 
 // DefaultConfig is the policy without per-container settings. The numbers
@@ -114,65 +107,5 @@ func (c Config) Validate() error {
 	case c.FinalDumpFixedCost < 0:
 		return fmt.Errorf("final dump fixed cost %v: must not be negative", c.FinalDumpFixedCost)
 	}
-	if c.Mode != "" {
-		if _, err := ParseMode(string(c.Mode)); err != nil {
-			return err
-		}
-	}
-	if c.EarlyThaw != "" {
-		if _, err := ParseEarlyThaw(string(c.EarlyThaw)); err != nil {
-			return err
-		}
-	}
 	return nil
-}
-
-// Mode says when a container's checkpoints pre-copy.
-type Mode string
-
-// The modes of io.precopy.mode.
-const (
-	ModeAlways    Mode = "always"
-	ModeNever     Mode = "never"
-	ModeAnnotated Mode = "annotated"
-)
-
-var errBadMode = errors.New(`not "always", "never" or "annotated"`)
-
-// ParseMode checks s is a mode.
-func ParseMode(s string) (Mode, error) {
-	switch m := Mode(s); m {
-	case ModeAlways, ModeNever, ModeAnnotated:
-		return m, nil
-	}
-	return "", fmt.Errorf("mode %q: %w", s, errBadMode)
-}
-
-// EarlyThaw says when the shim may thaw a container right after the
-// final dump of a checkpoint, before the daemon has stored the image and
-// diffed the container's writable layer.
-type EarlyThaw string
-
-// The values of io.precopy.early-thaw.
-const (
-	// EarlyThawAuto thaws early only when the writable layer the daemon
-	// diffs cannot disagree with the memory image (a read-only rootfs).
-	EarlyThawAuto EarlyThaw = "auto"
-	// EarlyThawNever keeps the container frozen until the client resumes
-	// it, as stock runc-v2 does.
-	EarlyThawNever EarlyThaw = "never"
-	// EarlyThawForce thaws early whatever the rootfs: the container's
-	// owner accepts that files it writes between the final dump and the
-	// daemon's diff of its writable layer may land in the checkpoint
-	// (newer than its memory image).
-	EarlyThawForce EarlyThaw = "force"
-)
-
-// ParseEarlyThaw checks s is an early-thaw value.
-func ParseEarlyThaw(s string) (EarlyThaw, error) {
-	switch e := EarlyThaw(s); e {
-	case EarlyThawAuto, EarlyThawNever, EarlyThawForce:
-		return e, nil
-	}
-	return "", fmt.Errorf(`early thaw %q: not "auto", "never" or "force"`, s)
 }

@@ -150,7 +150,7 @@ func TestDefaultConfigIsValid(t *testing.T) {
 		func(c *Config) { c.MinShrink = 1 },
 		func(c *Config) { c.MinShrink = -0.1 },
 		func(c *Config) { c.FinalDumpFixedCost = -time.Millisecond },
-		func(c *Config) { c.Mode = "sometimes" },
+		func(c *Config) { c.FixedRounds = MaxRoundsLimit + 1 },
 	}
 	for i, f := range bad {
 		c := DefaultConfig()

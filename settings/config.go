@@ -1,4 +1,4 @@
-package shim
+package settings
 
 import (
 	"errors"
@@ -9,44 +9,40 @@ import (
 	"slices"
 
 	"github.com/pelletier/go-toml/v2"
-
-	"github.com/precopy/precopy/precopy/policy"
 )
 
 // ConfigPath is the shim's config file: defaults for every container's
-// pre-copy settings. The environment variable PRECOPY_CONFIG names another
-// one (tests use it). A missing file means the built-in defaults.
+// settings. The environment variable PRECOPY_CONFIG names another one
+// (tests use it). A missing file means the built-in defaults.
 const ConfigPath = "/etc/precopy/config.toml"
 
 // configKeyPrecopyd is the config file's key for precopyd's socket; the
 // other keys are the io.precopy.* annotation keys without the prefix.
 const configKeyPrecopyd = "precopyd-address"
 
-// DefaultPrecopydAddress is where the shim asks precopyd to pin a
-// container's writable layer (precopyd's default --address).
-const DefaultPrecopydAddress = "/run/precopyd/precopyd.sock"
-
-// configPath is the config file this shim reads.
-func configPath() string {
+// Path is the config file this process reads: $PRECOPY_CONFIG, or
+// ConfigPath.
+func Path() string {
 	if p := os.Getenv("PRECOPY_CONFIG"); p != "" {
 		return p
 	}
 	return ConfigPath
 }
 
-// LoadSettings reads the defaults from the config file at path, a flat
-// TOML table whose keys are those of the io.precopy.* annotations without
-// the prefix, plus precopyd-address:
+// Load reads the defaults from the config file at path, a flat TOML table
+// whose keys are those of the io.precopy.* annotations without the prefix,
+// plus precopyd-address:
 //
 //	mode = "always"
 //	target-downtime = "300ms"
 //	max-rounds = 5
 //	precopyd-address = "/run/precopyd/precopyd.sock"
 //
-// Values parse as the annotations do; an unknown key or a bad value is an
-// error naming it. A missing file gives DefaultSettings.
-func LoadSettings(path string) (Settings, error) {
-	s := DefaultSettings()
+// Values parse as the annotations do, and mode may also be annotated; an
+// unknown key or a bad value is an error naming it. A missing file gives
+// Default.
+func Load(path string) (Settings, error) {
+	s := Default()
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return s, nil
@@ -66,21 +62,18 @@ func LoadSettings(path string) (Settings, error) {
 				s.PrecopydAddress = v
 				continue
 			}
-			annotations[policy.AnnotationPrefix+k] = v
+			annotations[AnnotationPrefix+k] = v
 		case int64, float64, bool:
-			annotations[policy.AnnotationPrefix+k] = fmt.Sprint(v)
+			annotations[AnnotationPrefix+k] = fmt.Sprint(v)
 		default:
 			return s, fmt.Errorf("precopy config %s: %s: a %T is not a setting's value", path, k, v)
 		}
 	}
-	cfg, err := policy.FromAnnotations(s.Policy, annotations)
+	// The file's mode stays as written (annotated included): it is the
+	// default a container's own io.precopy.mode overrides (With).
+	s, err = apply(s, annotations)
 	if err != nil {
 		return s, fmt.Errorf("precopy config %s: %w", path, err)
 	}
-	if cfg.Mode != "" {
-		// The default mode; a container's own io.precopy.mode still wins.
-		s.Mode, cfg.Mode = cfg.Mode, ""
-	}
-	s.Policy = cfg
 	return s, nil
 }

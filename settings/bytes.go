@@ -1,4 +1,4 @@
-package policy
+package settings
 
 import (
 	"errors"
@@ -8,9 +8,10 @@ import (
 	"strings"
 )
 
-// byteUnits are the units ParseBytes knows, lower-cased: IEC ones are
-// powers of 1024, SI ones powers of 1000, as Kubernetes quantities and
-// most tools read them.
+// byteUnits are the units ParseBytes knows, lower-cased. One meaning for
+// each, as IEC 80000-13 and Kubernetes quantities have it: KiB, MiB, GiB,
+// TiB (and Ki, Mi, ...) are powers of 1024; KB, MB, GB, TB (and K, M, ...)
+// powers of 1000. (docker's --memory reads MB as MiB; we do not.)
 var byteUnits = map[string]uint64{
 	"": 1, "b": 1,
 	"k": 1e3, "kb": 1e3, "ki": 1 << 10, "kib": 1 << 10,
@@ -19,12 +20,14 @@ var byteUnits = map[string]uint64{
 	"t": 1e12, "tb": 1e12, "ti": 1 << 40, "tib": 1 << 40,
 }
 
-// unitList names the units for error messages.
-const unitList = "B, KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000)"
+// UnitList names the units for error messages and flag help.
+const UnitList = "B, KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000)"
 
 // ParseBytes reads a byte size: "536870912", "512MiB", "512Mi", "0.5GiB",
-// "2GB", "1.5 G". Units are case-insensitive; fractions round down to a
-// whole byte.
+// "2GB", "1.5 G" (see byteUnits for what each unit means). Units are
+// case-insensitive; fractions round down to a whole byte. It is the only
+// byte-size parser of precopy: annotations, the config file and
+// precopyd's flags all read sizes with it.
 func ParseBytes(s string) (uint64, error) {
 	s = strings.TrimSpace(s)
 	if strings.HasPrefix(s, "-") {
@@ -37,7 +40,7 @@ func ParseBytes(s string) (uint64, error) {
 	num, unit := s[:i], strings.TrimSpace(s[i:])
 	mult, ok := byteUnits[strings.ToLower(unit)]
 	if !ok {
-		return 0, fmt.Errorf("unknown unit %q, want %s", unit, unitList)
+		return 0, fmt.Errorf("unknown unit %q, want %s", unit, UnitList)
 	}
 	r, ok := new(big.Rat).SetString(num)
 	if num == "" || strings.Count(num, ".") > 1 || !ok {

@@ -1,17 +1,20 @@
-package policy
+package settings
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
 
-func TestFromAnnotationsApplies(t *testing.T) {
-	base := DefaultConfig()
-	got, err := FromAnnotations(base, map[string]string{
+func TestWithApplies(t *testing.T) {
+	base := Default()
+	got, err := base.With(map[string]string{
 		AnnotationTargetDowntime: "50ms",
 		AnnotationMaxRounds:      "3",
+		AnnotationRounds:         "2",
 		AnnotationTimeBudget:     " 2m ", // surrounding spaces are forgiven
 		AnnotationMemoryBudget:   "512MiB",
 		AnnotationMinSize:        "0",
@@ -26,30 +29,31 @@ func TestFromAnnotationsApplies(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := base
-	want.TargetFreeze = 50 * time.Millisecond
-	want.MaxRounds = 3
-	want.TimeBudget = 2 * time.Minute
-	want.MemoryBudget = 512 << 20
-	want.MinSize = 0
+	want.Policy.TargetFreeze = 50 * time.Millisecond
+	want.Policy.MaxRounds = 3
+	want.Policy.FixedRounds = 2
+	want.Policy.TimeBudget = 2 * time.Minute
+	want.Policy.MemoryBudget = 512 << 20
+	want.Policy.MinSize = 0
 	want.Mode = ModeNever
 	want.EarlyThaw = EarlyThawForce
 	if got != want {
-		t.Errorf("FromAnnotations =\n %+v\nwant\n %+v", got, want)
+		t.Errorf("With =\n %+v\nwant\n %+v", got, want)
 	}
 }
 
-func TestFromAnnotationsNoneKeepsBase(t *testing.T) {
-	base := DefaultConfig()
-	base.MaxRounds = 7
+func TestWithNoneKeepsBase(t *testing.T) {
+	base := Default()
+	base.Policy.MaxRounds = 7
 	for _, a := range []map[string]string{nil, {}, {"app": "web"}} {
-		got, err := FromAnnotations(base, a)
+		got, err := base.With(a)
 		if err != nil || got != base {
-			t.Errorf("FromAnnotations(%v) = %+v, %v; want the base unchanged", a, got, err)
+			t.Errorf("With(%v) = %+v, %v; want the base unchanged", a, got, err)
 		}
 	}
 }
 
-func TestFromAnnotationsRejects(t *testing.T) {
+func TestWithRejects(t *testing.T) {
 	for _, tc := range []struct {
 		key, value string
 		want       string
@@ -58,19 +62,20 @@ func TestFromAnnotationsRejects(t *testing.T) {
 		{AnnotationMaxRounds, "21", `io.precopy.max-rounds: "21" is not a whole number from 0 to 20`},
 		{AnnotationMaxRounds, "-1", `io.precopy.max-rounds: "-1" is not a whole number from 0 to 20`},
 		{AnnotationMaxRounds, "2.5", `io.precopy.max-rounds: "2.5" is not a whole number from 0 to 20`},
+		{AnnotationRounds, "30", `io.precopy.rounds: "30" is not a whole number from 0 (adaptive) to 20`},
 		{AnnotationTargetDowntime, "50", `io.precopy.target-downtime: "50" is not a positive duration like 50ms or 1.5s: missing unit in duration "50"`},
 		{AnnotationTargetDowntime, "0s", `io.precopy.target-downtime: "0s" is not a positive duration like 50ms or 1.5s`},
 		{AnnotationTargetDowntime, "-5ms", `io.precopy.target-downtime: "-5ms" is not a positive duration like 50ms or 1.5s`},
 		{AnnotationTimeBudget, "", `io.precopy.time-budget: "" is not a positive duration like 30s or 2m: invalid duration ""`},
-		{AnnotationMemoryBudget, "512XB", `io.precopy.memory-budget: "512XB" is not a positive byte size like 512MiB or 2GB: unknown unit "XB", want ` + unitList},
+		{AnnotationMemoryBudget, "512XB", `io.precopy.memory-budget: "512XB" is not a positive byte size like 512MiB or 2GB: unknown unit "XB", want ` + UnitList},
 		{AnnotationMemoryBudget, "0", `io.precopy.memory-budget: "0" is not a positive byte size like 512MiB or 2GB`},
 		{AnnotationMinSize, "-1MiB", `io.precopy.min-size: "-1MiB" is not a byte size like 64MiB, or 0: negative`},
 		{AnnotationMode, "sometimes", `io.precopy.mode: "sometimes" is not "always", "never" or "annotated"`},
 		{AnnotationMode, "Always", `io.precopy.mode: "Always" is not "always", "never" or "annotated"`},
 		{AnnotationEarlyThaw, "yes", `io.precopy.early-thaw: "yes" is not "auto", "never" or "force"`},
 	} {
-		base := DefaultConfig()
-		got, err := FromAnnotations(base, map[string]string{tc.key: tc.value, "other": "x"})
+		base := Default()
+		got, err := base.With(map[string]string{tc.key: tc.value, "other": "x"})
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("%s=%q: error %v\nwant %s", tc.key, tc.value, err, tc.want)
 		}
@@ -79,14 +84,14 @@ func TestFromAnnotationsRejects(t *testing.T) {
 			t.Errorf("%s=%q: error %#v is not an AnnotationError naming it", tc.key, tc.value, err)
 		}
 		if got != base {
-			t.Errorf("%s=%q: config changed on error", tc.key, tc.value)
+			t.Errorf("%s=%q: settings changed on error", tc.key, tc.value)
 		}
 	}
 }
 
 // A typo must not silently leave the default in place.
-func TestFromAnnotationsRejectsUnknownKeys(t *testing.T) {
-	_, err := FromAnnotations(DefaultConfig(), map[string]string{"io.precopy.max-round": "3"})
+func TestWithRejectsUnknownKeys(t *testing.T) {
+	_, err := Default().With(map[string]string{"io.precopy.max-round": "3"})
 	if !errors.Is(err, ErrUnknownAnnotation) {
 		t.Fatalf("error %v, want ErrUnknownAnnotation", err)
 	}
@@ -95,14 +100,14 @@ func TestFromAnnotationsRejectsUnknownKeys(t *testing.T) {
 			t.Errorf("error %q lacks %q", err, want)
 		}
 	}
-	_, err = FromAnnotations(DefaultConfig(), map[string]string{"io.precopy.speed": "fast"})
+	_, err = Default().With(map[string]string{"io.precopy.speed": "fast"})
 	if err == nil || strings.Contains(err.Error(), "did you mean") {
 		t.Errorf("error %v: no suggestion expected for a key unlike any", err)
 	}
 }
 
-func TestFromAnnotationsReportsEveryBadKey(t *testing.T) {
-	_, err := FromAnnotations(DefaultConfig(), map[string]string{
+func TestWithReportsEveryBadKey(t *testing.T) {
+	_, err := Default().With(map[string]string{
 		AnnotationMaxRounds:   "many",
 		AnnotationMode:        "maybe",
 		"io.precopy.downtime": "50ms",
@@ -117,10 +122,10 @@ func TestFromAnnotationsReportsEveryBadKey(t *testing.T) {
 	}
 }
 
-func TestFromAnnotationsValidatesBase(t *testing.T) {
-	base := DefaultConfig()
-	base.MinShrink = 2
-	if _, err := FromAnnotations(base, map[string]string{AnnotationMaxRounds: "3"}); err == nil {
+func TestWithValidatesBase(t *testing.T) {
+	base := Default()
+	base.Policy.MinShrink = 2
+	if _, err := base.With(map[string]string{AnnotationMaxRounds: "3"}); err == nil {
 		t.Error("invalid base accepted")
 	}
 }
@@ -139,6 +144,7 @@ func TestParseBytes(t *testing.T) {
 		{"512 MiB", 512 << 20},
 		{"2GB", 2e9},
 		{"2G", 2e9},
+		{"2mb", 2e6},
 		{"1.5GiB", 3 << 29},
 		{"0.5KiB", 512},
 		{"1.0001KB", 1000}, // rounds down
@@ -154,5 +160,71 @@ func TestParseBytes(t *testing.T) {
 		if got, err := ParseBytes(bad); err == nil {
 			t.Errorf("ParseBytes(%q) = %d, want an error", bad, got)
 		}
+	}
+}
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoad(t *testing.T) {
+	s, err := Load(filepath.Join(t.TempDir(), "missing.toml"))
+	if err != nil || s != Default() {
+		t.Fatalf("missing file: %+v, %v; want the defaults", s, err)
+	}
+
+	s, err = Load(writeConfig(t, `
+mode = "annotated"
+target-downtime = "50ms"
+max-rounds = 3
+memory-budget = "1GiB"
+early-thaw = "never"
+precopyd-address = ""
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Mode != ModeAnnotated || s.Policy.TargetFreeze != 50*time.Millisecond || s.Policy.MaxRounds != 3 ||
+		s.Policy.MemoryBudget != 1<<30 || s.EarlyThaw != EarlyThawNever || s.PrecopydAddress != "" {
+		t.Errorf("settings %+v", s)
+	}
+	// A container's annotation still wins over the file's default mode.
+	c, err := s.With(map[string]string{AnnotationMode: "always"})
+	if err != nil || c.Mode != ModeAlways {
+		t.Errorf("annotated default, annotated container: %+v, %v", c, err)
+	}
+	if c, _ := s.With(nil); c.Mode != ModeNever {
+		t.Errorf("annotated default, container without annotation: mode %s, want never", c.Mode)
+	}
+
+	for text, want := range map[string]string{
+		`max-round = 3`:           "io.precopy.max-round: unknown annotation (did you mean io.precopy.max-rounds?)",
+		`max-rounds = 99`:         `"99" is not a whole number`,
+		`target-downtime = "-1s"`: "target-downtime",
+		`max-rounds = [1]`:        "max-rounds: a []interface {} is not a setting's value",
+		`max-rounds = `:           "precopy config",
+	} {
+		if _, err := Load(writeConfig(t, text)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to say %q", text, err, want)
+		}
+	}
+	if _, err := Load(t.TempDir()); err == nil {
+		t.Error("a directory read as a config file")
+	}
+}
+
+func TestPath(t *testing.T) {
+	t.Setenv("PRECOPY_CONFIG", "")
+	if Path() != ConfigPath {
+		t.Errorf("Path() = %s without PRECOPY_CONFIG", Path())
+	}
+	t.Setenv("PRECOPY_CONFIG", "/x.toml")
+	if Path() != "/x.toml" {
+		t.Errorf("Path() = %s, want $PRECOPY_CONFIG", Path())
 	}
 }

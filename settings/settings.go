@@ -1,0 +1,97 @@
+// Package settings holds a container's precopy settings: the shim's
+// config file (defaults) with the container's io.precopy.* OCI annotations
+// over them. It is free of containerd, so the shim, precopyd and the tests
+// share one reading of every setting, and one byte-size parser.
+package settings
+
+import (
+	"fmt"
+
+	"github.com/precopy/precopy/precopy/policy"
+)
+
+// Mode says when a container's checkpoints pre-copy.
+type Mode string
+
+// The modes: always (where the kernel can), never (one-shot, as stock
+// runc-v2), or, as the config file's default only, annotated: just the
+// containers whose io.precopy.mode says always.
+const (
+	ModeAlways    Mode = "always"
+	ModeNever     Mode = "never"
+	ModeAnnotated Mode = "annotated"
+)
+
+func parseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case ModeAlways, ModeNever, ModeAnnotated:
+		return m, nil
+	}
+	return "", fmt.Errorf("mode %q: not %q, %q or %q", s, ModeAlways, ModeNever, ModeAnnotated)
+}
+
+// EarlyThaw says when the shim may thaw a container right after the final
+// dump of a checkpoint, before the daemon has stored the image and diffed
+// the container's writable layer.
+type EarlyThaw string
+
+// The values of io.precopy.early-thaw.
+const (
+	// EarlyThawAuto thaws early only when the writable layer the daemon
+	// diffs cannot disagree with the memory image: a read-only rootfs, or
+	// a writable one pinned for the diff.
+	EarlyThawAuto EarlyThaw = "auto"
+	// EarlyThawNever keeps the container frozen until the client resumes
+	// it, as stock runc-v2 does.
+	EarlyThawNever EarlyThaw = "never"
+	// EarlyThawForce thaws early whatever the rootfs: the container's
+	// owner accepts that files it writes between the final dump and the
+	// daemon's diff of its writable layer may land in the checkpoint
+	// (newer than its memory image).
+	EarlyThawForce EarlyThaw = "force"
+)
+
+func parseEarlyThaw(s string) (EarlyThaw, error) {
+	switch e := EarlyThaw(s); e {
+	case EarlyThawAuto, EarlyThawNever, EarlyThawForce:
+		return e, nil
+	}
+	return "", fmt.Errorf("early thaw %q: not %q, %q or %q", s, EarlyThawAuto, EarlyThawNever, EarlyThawForce)
+}
+
+// DefaultPrecopydAddress is where the shim asks precopyd to pin a
+// container's writable layer (precopyd's default --address).
+const DefaultPrecopydAddress = "/run/precopyd/precopyd.sock"
+
+// Settings are a container's precopy settings.
+type Settings struct {
+	Mode      Mode
+	EarlyThaw EarlyThaw
+	// Policy is when pre-copy stops.
+	Policy policy.Config
+	// PrecopydAddress is precopyd's socket, where the shim asks for a
+	// pinned view of a writable rootfs for an early thaw ("" = never). Set
+	// by the config file only.
+	PrecopydAddress string
+}
+
+// Default pre-copies every checkpoint with the policy's defaults:
+// standard clients cannot ask for it, so it must be on unless turned off.
+func Default() Settings {
+	return Settings{Mode: ModeAlways, EarlyThaw: EarlyThawAuto, Policy: policy.DefaultConfig(), PrecopydAddress: DefaultPrecopydAddress}
+}
+
+// With returns s with a container's annotations applied. Annotations
+// outside io.precopy. are ignored; a bad or unknown io.precopy.* one is an
+// error naming it. The result's Mode is always or never: a container not
+// annotated always under the default annotated does not pre-copy.
+func (s Settings) With(annotations map[string]string) (Settings, error) {
+	out, err := apply(s, annotations)
+	if err != nil {
+		return s, err
+	}
+	if out.Mode == ModeAnnotated {
+		out.Mode = ModeNever
+	}
+	return out, nil
+}
