@@ -212,7 +212,7 @@ func checkCRIArchive(t *testing.T, ctx context.Context, path string, st workload
 	}
 	if report.PreCopied {
 		t.Logf("%s: pre-copied in %d rounds (%s), final dump froze %v",
-			filepath.Base(path), len(report.Rounds), report.Stop.Reason, report.Final.Pause())
+			filepath.Base(path), len(report.Rounds), report.Stop.Reason, report.Final.Freeze())
 	} else {
 		t.Logf("%s: one-shot: %s", filepath.Base(path), report.Skipped)
 	}

@@ -72,7 +72,7 @@ func watchResumed(t *testing.T, ctx context.Context, d *harness.Daemon, id strin
 func TestEarlyThaw(t *testing.T) {
 	requireStack(t)
 	d := stack.daemon
-	// Large enough in the VM to be pre-copied, so that the merge runs
+	// Large enough in the VM to be pre-copied, so that the flatten runs
 	// after the thaw.
 	args := memloadArgs
 	if stack.softDirty {
@@ -95,8 +95,8 @@ func TestEarlyThaw(t *testing.T) {
 		before := queryMemload(t, ctx, task)
 		const ref = "precopy.test/thaw:force"
 		report, _ := checkpointWatched(t, ctx, d, task.ID(), ref, true)
-		if report.PreCopied && !containsPrefix(report.Thaw.AfterThaw, "merge") {
-			t.Errorf("pre-copied, but the merge did not run after the thaw: %+v", report.Thaw)
+		if report.PreCopied && !containsPrefix(report.Thaw.AfterThaw, "flatten") {
+			t.Errorf("pre-copied, but the flatten did not run after the thaw: %+v", report.Thaw)
 		}
 		removeContainer(t, d, task.ID())
 		restored := restoreCtr(t, ctx, d, "thaw-force-dst", ref)

@@ -365,7 +365,7 @@ func TestPreCopyMemoryBudget(t *testing.T) {
 	const ref = "precopy.test/checkpoint:memory-budget"
 	checkpointCtr(t, ctx, d, task.ID(), ref)
 	report := requireFlatCheckpoint(t, ctx, d, ref)
-	if !report.PreCopied || len(report.Rounds) != 1 || report.Stop == nil || report.Stop.Reason != string(policy.ReasonMemoryBudget) {
+	if !report.PreCopied || len(report.Rounds) != 1 || report.Stop == nil || report.Stop.Reason != policy.ReasonMemoryBudget {
 		t.Errorf("want one round stopped by the memory budget: %+v", report)
 	}
 }

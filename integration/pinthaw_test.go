@@ -50,6 +50,11 @@ func TestEarlyThawPinned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As ctr and containerd's Task.Checkpoint do, look at the task right
+	// before pausing it: the shim thaws early only a pause so preceded.
+	if _, err := task.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := task.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}

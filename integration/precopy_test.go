@@ -42,7 +42,7 @@ func TestPreCopyCheckpoint(t *testing.T) {
 		t.Errorf("final dump skipped no page of its parent: %+v", report.Final)
 	}
 	t.Logf("pre-copy: %d rounds (%s), predicted freeze %v, final dump froze %v writing %d pages, flatten %v",
-		len(report.Rounds), report.Stop.Reason, report.Stop.PredictedFreeze, report.Final.Pause(),
+		len(report.Rounds), report.Stop.Reason, report.Stop.PredictedFreeze, report.Final.Freeze(),
 		report.Final.PagesWritten, report.FinalFlatten)
 
 	restored := restoreCtr(t, ctx, d, "precopy-dst", ref)

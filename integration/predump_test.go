@@ -9,6 +9,7 @@ import (
 	runc "github.com/containerd/go-runc"
 
 	"github.com/precopy/precopy/precopy"
+	"github.com/precopy/precopy/precopy/policy"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
@@ -55,7 +56,7 @@ func TestRuncPreDump(t *testing.T) {
 }
 
 // dumpStats reads CRIU's dump statistics, which it writes to its work dir.
-func dumpStats(t *testing.T, workDir string) precopy.Round {
+func dumpStats(t *testing.T, workDir string) policy.Round {
 	t.Helper()
 	st, err := precopy.ReadDumpStats(workDir)
 	if err != nil {

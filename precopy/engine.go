@@ -1,9 +1,16 @@
-// Package precopy is the pre-copy engine: rounds of CRIU pre-dump on a
-// running container, each copying only what was dirtied since the last,
-// until a policy says the final dump will be short enough; then the final
-// dump's image is flattened so it stands alone. It imports nothing from
-// containerd: it reaches the runtime through PreDumper, so it is tested
-// with fakes and recorded CRIU images.
+// Package precopy is the pre-copy engine. It owns a container's
+// checkpoint from its first round to its report: rounds of CRIU pre-dump
+// on the running container, each copying only what was dirtied since the
+// last and each flattened into one image set while the container runs,
+// until the policy (precopy/policy) says the final dump will be short
+// enough; then, once the client has the container frozen, the final dump
+// on top of the rounds, its flatten into one ordinary image set, a one-shot
+// dump where that fails, and the report written into the image.
+//
+// It imports nothing from containerd: it reaches the runtime through
+// Runtime and Dumper, which the shim implements with containerd's runc-v2
+// task service, so it is tested with fakes and recorded CRIU statistics.
+// An Engine serves one container; its caller serialises the calls.
 package precopy
 
 import (
@@ -12,193 +19,259 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/precopy/precopy/precopy/imagechain"
+	"github.com/precopy/precopy/precopy/policy"
 )
 
-// PreDumper pre-dumps the running container: CRIU copies its memory into
-// imageDir (statistics into workDir) and the container runs on. parent, if
-// not empty, is the previous round's image dir relative to imageDir, so
-// only pages dirtied since then are copied.
-type PreDumper interface {
-	PreDump(ctx context.Context, imageDir, workDir, parent string) error
+// Runtime is the container's runtime as the engine uses it.
+type Runtime interface {
+	// PreDump copies the running container's memory with CRIU's
+	// pre-dump into d.Image (statistics into d.Work); the container runs
+	// on. d.Parent, if not "", is the previous round's image dir relative
+	// to d.Image: only pages dirtied since then are copied.
+	PreDump(ctx context.Context, d Dirs) error
+	// Pids are the container's processes: the engine reads their memory
+	// size and soft-dirty pages from /proc.
+	Pids(ctx context.Context) ([]int, error)
+	// ThawIfLeftFrozen thaws the container if a failed dump left it
+	// frozen (CRIU freezes the cgroup and thaws it before it exits; a
+	// killed CRIU leaves it frozen), unless the client had paused it.
+	ThawIfLeftFrozen(ctx context.Context)
 }
 
-// Round is one pre-dump round as the policy sees it.
-type Round struct {
-	Index int `json:"index"`
-	// From CRIU's dump statistics.
-	PagesScanned       uint64 `json:"pages_scanned"`
-	PagesWritten       uint64 `json:"pages_written"`
-	PagesSkippedParent uint64 `json:"pages_skipped_parent"`
-	// Freezing is how long freezing the task took, Frozen how long it then
-	// stayed frozen: the app's pause is their sum.
-	Freezing time.Duration `json:"freezing_ns"`
-	Frozen   time.Duration `json:"frozen_ns"`
-	MemDump  time.Duration `json:"memdump_ns"`
-	MemWrite time.Duration `json:"memwrite_ns"`
-	// Measured by the engine.
-	Start time.Time     `json:"start"`
-	Wall  time.Duration `json:"wall_ns"`
-	// ImageBytes is how much this round added to the images pre-copy
-	// holds: each round is merged into one flat image set, so the growth
-	// of that set, not its size.
-	ImageBytes int64 `json:"image_bytes"`
-	// Flatten is what making this round stand alone cost, while the
-	// container ran.
-	Flatten time.Duration `json:"flatten_ns"`
-	// Dirtied is how many pages the container wrote from the round's
-	// start (CRIU's soft-dirty reset) until DirtiedAfter later, counted
-	// right after the round; zero DirtiedAfter when not counted.
-	Dirtied      uint64        `json:"dirtied_pages,omitempty"`
-	DirtiedAfter time.Duration `json:"dirtied_after_ns,omitempty"`
+// Dirs are one CRIU dump's directories.
+type Dirs struct {
+	Image, Work string
+	// Parent is the parent image dir relative to Image, or "".
+	Parent string
 }
 
-// Decision is a policy's answer after a round.
-type Decision struct {
-	Continue bool `json:"continue"`
-	// Reason says why the policy stopped (or went on).
-	Reason string `json:"reason"`
-	// PredictedFreeze is what the policy expects the final dump to freeze.
-	PredictedFreeze time.Duration `json:"predicted_freeze_ns"`
+// StatsReader reads the statistics CRIU left in a dump's work dir.
+type StatsReader func(workDir string) (policy.Round, error)
+
+// Flattener makes an image dir stand alone, resolving its parent link.
+// The engine removes the parent right after, whatever the outcome, so a
+// Flattener may consume the parent (imagechain.FlattenConsuming).
+type Flattener func(dir string) (imagechain.Result, error)
+
+// Logger takes the engine's log lines (containerd's log entry has these
+// methods; the engine does not import it).
+type Logger interface {
+	Infof(format string, args ...any)
+	Warnf(format string, args ...any)
 }
 
-// Policy decides after each round whether another one is worth it.
-type Policy interface {
-	Decide(rounds []Round, elapsed time.Duration) Decision
-}
-
-// StatsReader reads the statistics CRIU left in a round's work dir.
-type StatsReader func(workDir string) (Round, error)
-
-// Flattener makes an image dir stand alone, resolving its parent chain.
-// The engine removes the parent right after a successful flatten and
-// gives up the chain after a failed one, so a Flattener may consume the
-// parent (imagechain.FlattenConsuming).
-type Flattener func(dir string) error
-
-// Engine runs pre-copy rounds for one checkpoint.
+// Engine runs one container's checkpoints.
 type Engine struct {
-	Dumper  PreDumper
-	Policy  Policy
+	Runtime Runtime
+	// Policy is the container's stop rule.
+	Policy policy.Config
+	// Mode is the container's pre-copy mode, for the report.
+	Mode string
+	// Dir holds the rounds, each pre-copy in a dir of its own; it should
+	// be on tmpfs, on the filesystem of the final dump's image dir (see
+	// README). The engine creates it.
+	Dir string
+	// Stats, Flatten, Now and Log are CRIU's statistics reader, the
+	// flattener, the clock and the log; New sets the real ones, tests
+	// replace them.
 	Stats   StatsReader
 	Flatten Flattener
-	// Dir holds the rounds; it should be on tmpfs. The engine creates it.
-	Dir string
-	// Dirtied, if set, counts the container's soft-dirty pages (see
-	// CountSoftDirty); the engine asks right after each round.
-	Dirtied func() (uint64, error)
-	// Interrupt, when closed, ends pre-copy after the round in progress
-	// (a Resume that overtook the Pause pre-copying): the rounds so far
-	// are kept, with the stop reason "interrupted". Nil: never.
-	Interrupt <-chan struct{}
+	Now     func() time.Time
+	Log     Logger
+
+	// finalFixed is the part of this container's last final dump that did
+	// not copy memory (tmpfs mounts, namespaces, the network lock): the
+	// policy's default for it is for any container, this is measured, and
+	// the next checkpoint's rounds plan with it.
+	finalFixed time.Duration
+	// warnedCopiedFlatten: the log said once that the final flatten
+	// copies the rounds' pages rather than taking them over.
+	warnedCopiedFlatten bool
 }
 
-// ReasonInterrupted is the stop reason of rounds ended by Interrupt.
-const ReasonInterrupted = "interrupted"
-
-// Chain is the outcome of pre-copy: the rounds, each flattened, and why
-// they stopped. The last round is the parent of the final dump.
-type Chain struct {
-	Dir      string   `json:"-"`
-	Rounds   []Round  `json:"rounds"`
-	Stop     Decision `json:"stop"`
-	Duration time.Duration
-	dirs     []string
-	held     int64 // bytes of the last round's flat image set
+// New is an engine for the container rt runs, with rounds in dir.
+func New(rt Runtime, cfg policy.Config, mode, dir string, log Logger) *Engine {
+	return &Engine{
+		Runtime: rt, Policy: cfg, Mode: mode, Dir: dir, Log: log,
+		Stats: ReadDumpStats, Flatten: imagechain.FlattenConsuming, Now: time.Now,
+	}
 }
 
-// LastImage is the image dir of the last round.
-func (c *Chain) LastImage() string { return c.dirs[len(c.dirs)-1] }
+// minRoundsTime is the least time worth starting pre-copy with under a
+// caller's deadline: about one first round of a mid-sized container.
+const minRoundsTime = 2 * time.Second
 
-// Discard removes every round's images.
-func (c *Chain) Discard() error { return os.RemoveAll(c.Dir) }
+// Trigger is the call that ran pre-copy: a Pause (standard clients pause
+// before they checkpoint) or a Checkpoint (a client that does not).
+type Trigger string
 
-// Pause is what the app perceives of a freeze.
-func (r Round) Pause() time.Duration { return r.Freezing + r.Frozen }
+// The triggers.
+const (
+	TriggerPause      Trigger = "pause"
+	TriggerCheckpoint Trigger = "checkpoint"
+)
 
-// Run pre-dumps until the policy stops it, ctx ends, or a round fails. On
-// failure it removes what it wrote and returns the error: the caller falls
-// back to a one-shot dump. CRIU thaws the container after each round, so
-// the container is never left frozen.
-func (e *Engine) Run(ctx context.Context) (_ *Chain, retErr error) {
+// Skip is a checkpoint that will be one-shot, for a reason found before
+// pre-copy could start (its mode, the kernel, the task's state).
+func (e *Engine) Skip(trigger Trigger, why string) *Rounds {
+	e.Log.Infof("precopy: one-shot checkpoint: %s", why)
+	return &Rounds{Report: &Report{Mode: e.Mode, Trigger: trigger, Skipped: why}}
+}
+
+// PreCopy runs pre-copy rounds on the running container until the policy
+// stops them, a round fails, or interrupt is closed (a Resume overtook the
+// Pause running them: the rounds so far are kept, stopped "interrupted").
+// It does not fail: when pre-copy does not pay or cannot run, the Rounds
+// have no image and the report says why, and the checkpoint is one-shot.
+// A round whose CRIU died is thawed, so the container is never left
+// frozen.
+func (e *Engine) PreCopy(ctx context.Context, trigger Trigger, interrupt <-chan struct{}) *Rounds {
+	cfg, why := e.plan(ctx)
+	if why != "" {
+		return e.Skip(trigger, why)
+	}
+	r, err := e.run(ctx, cfg, interrupt)
+	if err != nil {
+		e.Runtime.ThawIfLeftFrozen(ctx)
+		return e.Skip(trigger, err.Error())
+	}
+	r.Report.Mode, r.Report.Trigger = e.Mode, trigger
+	stop := r.Report.Stop
+	if stop.Reason == policy.ReasonCannotConverge {
+		// The load rewrites about everything a round copies: a final dump
+		// on the rounds would write nearly all memory again and then pay
+		// for flattening it. A one-shot dump is as short and flattens
+		// nothing. The report keeps the rounds that showed it.
+		r.discard(e.Log)
+		r.Report.PreCopied = false
+		r.Report.Skipped = fmt.Sprintf("policy: %s after %d rounds", stop.Reason, len(r.Report.Rounds))
+		e.Log.Infof("precopy: one-shot checkpoint: %s", r.Report.Skipped)
+		return r
+	}
+	e.Log.Infof("precopy: pre-copy done: %d rounds in %s, stopped: %s, predicted final freeze %s",
+		len(r.Report.Rounds), r.Report.PreCopy, stop.Reason, stop.PredictedFreeze)
+	return r
+}
+
+// plan is the policy the rounds run under, or why there are none: the
+// container is too small or too large, or the caller's deadline too near.
+func (e *Engine) plan(ctx context.Context) (policy.Config, string) {
+	cfg := e.Policy
+	cfg.FinalDumpFixedCost = max(cfg.FinalDumpFixedCost, e.finalFixed)
+	pids, err := e.Runtime.Pids(ctx)
+	if err != nil {
+		return cfg, fmt.Sprintf("container processes: %v", err)
+	}
+	mem := ResidentBytes(pids)
+	if no, why := policy.Skip(cfg, mem); no {
+		return cfg, fmt.Sprintf("policy: %s (%d MiB resident)", why, mem>>20)
+	}
+	// A caller with a deadline (the kubelet's checkpoint request, through
+	// the CRI plugin) must get its checkpoint before it: rounds may use at
+	// most half of the time left, the other half being for the final dump
+	// and the daemon storing the image. Too little left: straight to the
+	// final dump.
+	if dl, ok := ctx.Deadline(); ok {
+		left := dl.Sub(e.Now()) / 2
+		if left < minRoundsTime {
+			return cfg, fmt.Sprintf("the request's deadline leaves %s for pre-copy", left.Round(time.Millisecond))
+		}
+		if cfg.TimeBudget == 0 || left < cfg.TimeBudget {
+			cfg.TimeBudget = left
+		}
+	}
+	return cfg, ""
+}
+
+// run pre-dumps until the policy stops it, ctx ends, or a round fails. On
+// failure it removes what it wrote and returns the error.
+func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan struct{}) (_ *Rounds, retErr error) {
+	// Each pre-copy has a dir of its own: rounds discarded late (a
+	// timer's) never take a newer pre-copy's with them.
 	if err := os.MkdirAll(e.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pre-copy: %w", err)
 	}
-	c := &Chain{Dir: e.Dir}
+	dir, err := os.MkdirTemp(e.Dir, "rounds-")
+	if err != nil {
+		return nil, fmt.Errorf("pre-copy: %w", err)
+	}
+	r := &Rounds{Report: &Report{PreCopied: true}, dir: dir}
 	defer func() {
 		if retErr != nil {
-			c.Discard()
+			r.discard(e.Log)
 		}
 	}()
-	start := time.Now()
+	start := e.Now()
 	for i := 1; ; i++ {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("pre-copy round %d: %w", i, err)
 		}
-		round, err := e.round(ctx, i, c)
+		round, err := e.round(ctx, i, r)
 		if err != nil {
 			return nil, fmt.Errorf("pre-copy round %d: %w", i, err)
 		}
-		c.Rounds = append(c.Rounds, round)
-		d := e.Policy.Decide(c.Rounds, time.Since(start))
+		r.Report.Rounds = append(r.Report.Rounds, round)
+		d := policy.Decide(cfg, r.Report.Rounds, e.Now().Sub(start))
 		select {
-		case <-e.Interrupt:
-			d = Decision{Reason: ReasonInterrupted, PredictedFreeze: d.PredictedFreeze}
+		case <-interrupt:
+			d = policy.Decision{Reason: policy.ReasonInterrupted, PredictedFreeze: d.PredictedFreeze}
 		default:
 		}
 		if !d.Continue {
-			c.Stop = d
-			c.Duration = time.Since(start)
-			return c, nil
+			r.Report.Stop, r.Report.PreCopy = &d, e.Now().Sub(start)
+			return r, nil
 		}
 	}
 }
 
-func (e *Engine) round(ctx context.Context, i int, c *Chain) (Round, error) {
-	image := filepath.Join(e.Dir, fmt.Sprintf("round-%d", i))
-	work := filepath.Join(e.Dir, fmt.Sprintf("work-%d", i))
-	for _, d := range []string{image, work} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			return Round{}, err
+// round runs round i on top of r's image, flattens it and makes it r's
+// image.
+func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, error) {
+	d := Dirs{Image: filepath.Join(r.dir, fmt.Sprintf("round-%d", i)), Work: filepath.Join(r.dir, fmt.Sprintf("work-%d", i))}
+	for _, dir := range []string{d.Image, d.Work} {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return policy.Round{}, err
 		}
 	}
-	parent := ""
-	if len(c.dirs) > 0 {
-		parent = filepath.Join("..", filepath.Base(c.LastImage()))
+	if r.image != "" {
+		d.Parent = filepath.Join("..", filepath.Base(r.image))
 	}
-	begin := time.Now()
-	if err := e.Dumper.PreDump(ctx, image, work, parent); err != nil {
-		return Round{}, err
+	begin := e.Now()
+	if err := e.Runtime.PreDump(ctx, d); err != nil {
+		return policy.Round{}, err
 	}
-	wall := time.Since(begin)
-	r, err := e.Stats(work)
+	wall := e.Now().Sub(begin)
+	round, err := e.Stats(d.Work)
 	if err != nil {
-		return Round{}, fmt.Errorf("statistics: %w", err)
+		return policy.Round{}, fmt.Errorf("statistics: %w", err)
 	}
-	r.Index, r.Start, r.Wall = i, begin, wall
-	if e.Dirtied != nil {
-		// A failed count only costs the policy an early signal.
-		if n, err := e.Dirtied(); err == nil {
-			r.Dirtied, r.DirtiedAfter = n, time.Since(begin)
+	round.Index, round.Start, round.Wall = i, begin, wall
+	// A failed count only costs the policy an early signal.
+	if pids, err := e.Runtime.Pids(ctx); err == nil {
+		if n, err := CountSoftDirty(pids); err == nil {
+			round.Dirtied, round.DirtiedAfter = n, e.Now().Sub(begin)
 		}
 	}
 	// Flatten now, while the container runs, so that the final dump's
 	// parent stands alone and the frozen flatten resolves one level only.
-	if parent != "" {
-		f := time.Now()
-		if err := e.Flatten(image); err != nil {
-			return Round{}, fmt.Errorf("flatten: %w", err)
+	if d.Parent != "" {
+		f := e.Now()
+		if _, err := e.Flatten(d.Image); err != nil {
+			return policy.Round{}, fmt.Errorf("flatten: %w", err)
 		}
-		r.Flatten = time.Since(f)
-		// The previous round is now redundant: every page it held was
-		// copied into this one.
-		if err := os.RemoveAll(c.LastImage()); err != nil {
-			return Round{}, err
+		round.Flatten = e.Now().Sub(f)
+		// The previous round is now redundant (and consumed): every page
+		// it held is in this one.
+		if err := os.RemoveAll(r.image); err != nil {
+			return policy.Round{}, err
 		}
 	}
-	r.ImageBytes = dirBytes(image) - c.held
-	c.held += r.ImageBytes
-	c.dirs = append(c.dirs, image)
-	return r, nil
+	round.ImageBytes = dirBytes(d.Image) - r.held
+	r.held += round.ImageBytes
+	r.image = d.Image
+	return round, nil
 }
 
 // dirBytes is the size of the regular files in dir.

@@ -2,139 +2,179 @@ package precopy
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/precopy/precopy/precopy/policy"
 )
 
-// fakeDumper writes a page file and the parent link, as CRIU would.
-type fakeDumper struct {
-	calls   []string // parents given
-	failAt  int
-	dumpErr error
-}
-
-func (f *fakeDumper) PreDump(_ context.Context, image, _ string, parent string) error {
-	f.calls = append(f.calls, parent)
-	if len(f.calls) == f.failAt {
-		return f.dumpErr
+func TestPreCopyChainsRoundsAndFlattensWhileRunning(t *testing.T) {
+	f := &fakeCRIU{rounds: synthetic(3)}
+	e := newFakeEngine(t, f, fixed(3))
+	r := e.PreCopy(t.Context(), TriggerPause, nil)
+	if !r.PreCopied() || len(r.Report.Rounds) != 3 || r.Report.Stop.Reason != policy.ReasonFixedRounds {
+		t.Fatalf("pre-copied %v, report %+v", r.PreCopied(), r.Report)
 	}
-	if parent != "" {
-		if err := os.Symlink(parent, filepath.Join(image, "parent")); err != nil {
-			return err
-		}
+	var parents []string
+	for _, d := range f.predumps {
+		parents = append(parents, d.Parent)
 	}
-	return os.WriteFile(filepath.Join(image, "pages-1.img"), make([]byte, 4096), 0o600)
-}
-
-type stopAfter int
-
-func (n stopAfter) Decide(rounds []Round, _ time.Duration) Decision {
-	if len(rounds) < int(n) {
-		return Decision{Continue: true, Reason: "more"}
+	if want := []string{"", "../round-1", "../round-2"}; !slices.Equal(parents, want) {
+		t.Errorf("parents %q, want %q", parents, want)
 	}
-	return Decision{Reason: "enough"}
-}
-
-func newTestEngine(t *testing.T, d PreDumper, p Policy, flattened *[]string) *Engine {
-	return &Engine{
-		Dumper: d,
-		Policy: p,
-		Stats:  func(string) (Round, error) { return Round{PagesWritten: 1}, nil },
-		Flatten: func(dir string) error {
-			*flattened = append(*flattened, filepath.Base(dir))
-			return os.Remove(filepath.Join(dir, "parent"))
-		},
-		Dir: filepath.Join(t.TempDir(), "rounds"),
-	}
-}
-
-func TestEngineChainsRoundsAndFlattensWhileRunning(t *testing.T) {
-	d := &fakeDumper{}
-	var flattened []string
-	e := newTestEngine(t, d, stopAfter(3), &flattened)
-	c, err := e.Run(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(c.Rounds) != 3 || c.Stop.Reason != "enough" {
-		t.Fatalf("rounds %d, stop %+v", len(c.Rounds), c.Stop)
-	}
-	if want := []string{"", "../round-1", "../round-2"}; !slices.Equal(d.calls, want) {
-		t.Errorf("parents %q, want %q", d.calls, want)
-	}
-	if want := []string{"round-2", "round-3"}; !slices.Equal(flattened, want) {
-		t.Errorf("flattened %q, want %q", flattened, want)
-	}
-	// Only the last round is kept: earlier ones were merged into it.
-	if _, err := os.Stat(filepath.Join(e.Dir, "round-2")); !os.IsNotExist(err) {
+	// Only the last round is kept, flat: earlier ones were flattened into it.
+	if _, err := os.Stat(filepath.Dir(r.image) + "/round-2"); !os.IsNotExist(err) {
 		t.Errorf("round-2 kept after round-3 was flattened: %v", err)
 	}
-	if c.LastImage() != filepath.Join(e.Dir, "round-3") {
-		t.Errorf("last image %s", c.LastImage())
+	if _, err := os.Lstat(filepath.Join(r.image, "parent")); !os.IsNotExist(err) {
+		t.Errorf("last round not flat: %v", err)
 	}
-	for i, r := range c.Rounds {
-		if want := int64(4096 * (1 - min(i, 1))); r.Index != i+1 || r.ImageBytes != want {
-			t.Errorf("round %d: %+v", i, r)
+	for i, rd := range r.Report.Rounds {
+		if rd.Index != i+1 || rd.Start.IsZero() || rd.Wall != time.Second || rd.DirtiedAfter == 0 {
+			t.Errorf("round %d: %+v", i+1, rd)
 		}
 	}
-	if err := c.Discard(); err != nil {
+	if r.Report.Rounds[0].ImageBytes <= 0 || r.Report.PreCopy != 3*time.Second || r.Report.Trigger != TriggerPause || r.Report.Mode != "always" {
+		t.Errorf("report %+v", r.Report)
+	}
+	if err := r.Discard(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(e.Dir); !os.IsNotExist(err) {
-		t.Errorf("rounds not discarded: %v", err)
+	if entries, _ := os.ReadDir(e.Dir); len(entries) != 0 || r.PreCopied() {
+		t.Errorf("rounds not discarded: %v", entries)
 	}
 }
 
-func TestEngineFailedRoundLeavesNothing(t *testing.T) {
-	boom := errors.New("criu died")
-	d := &fakeDumper{failAt: 2, dumpErr: boom}
-	var flattened []string
-	e := newTestEngine(t, d, stopAfter(5), &flattened)
-	if _, err := e.Run(context.Background()); !errors.Is(err, boom) {
-		t.Fatalf("err %v, want %v", err, boom)
+func TestPreCopyFailedRoundThawsAndLeavesNothing(t *testing.T) {
+	f := &fakeCRIU{rounds: synthetic(3), failPreDump: 2}
+	e := newFakeEngine(t, f, fixed(3))
+	r := e.PreCopy(t.Context(), TriggerCheckpoint, nil)
+	if r.PreCopied() || !strings.Contains(r.Report.Skipped, "pre-copy round 2: criu died") || r.Report.PreCopied {
+		t.Fatalf("report %+v", r.Report)
 	}
-	if _, err := os.Stat(e.Dir); !os.IsNotExist(err) {
-		t.Errorf("failed pre-copy left %s: %v", e.Dir, err)
+	if f.thawChecks != 1 {
+		t.Errorf("%d checks for a cgroup CRIU left frozen, want 1", f.thawChecks)
+	}
+	if entries, _ := os.ReadDir(e.Dir); len(entries) != 0 {
+		t.Errorf("a failed pre-copy left %v", entries)
 	}
 }
 
-func TestEngineStopsWhenContextEnds(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+func TestPreCopySkips(t *testing.T) {
+	self := []int{os.Getpid()}
+	for name, tc := range map[string]struct {
+		cfg      policy.Config
+		pids     []int // nil: the task is gone
+		deadline time.Duration
+		want     string
+	}{
+		"no processes":   {policy.Config{MaxRounds: 3, MinSize: 1}, []int{}, 0, "policy: too-small"},
+		"task gone":      {fixed(2), nil, 0, "container processes: no task"},
+		"no rounds":      {policy.Config{}, self, 0, "policy: max-rounds"},
+		"near deadline":  {fixed(2), self, 3 * time.Second, "the request's deadline leaves 1.5s"},
+		"far deadline":   {fixed(2), self, time.Hour, ""},
+		"min size":       {policy.Config{MaxRounds: 3, MinSize: 1 << 50}, self, 0, "policy: too-small"},
+		"memory budget":  {policy.Config{MaxRounds: 3, MemoryBudget: 1}, self, 0, "policy: memory-budget"},
+		"adaptive, runs": {policy.Config{MaxRounds: 1, TargetFreeze: time.Millisecond}, self, 0, ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := &fakeCRIU{rounds: synthetic(2)}
+			e := newFakeEngine(t, f, tc.cfg)
+			f.pids = tc.pids
+			ctx := t.Context()
+			if tc.deadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithDeadline(ctx, f.clock.now.Add(tc.deadline))
+				defer cancel()
+			}
+			r := e.PreCopy(ctx, TriggerPause, nil)
+			if !strings.HasPrefix(r.Report.Skipped, tc.want) || r.PreCopied() == (tc.want != "") {
+				t.Errorf("skipped %q (pre-copied %v), want %q", r.Report.Skipped, r.PreCopied(), tc.want)
+			}
+		})
+	}
+}
+
+func TestPreCopyStopsWhenContextEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	var flattened []string
-	e := newTestEngine(t, &fakeDumper{}, stopAfter(5), &flattened)
-	if _, err := e.Run(ctx); !errors.Is(err, context.Canceled) {
-		t.Fatalf("err %v, want context.Canceled", err)
+	e := newFakeEngine(t, &fakeCRIU{rounds: synthetic(1)}, fixed(5))
+	if r := e.PreCopy(ctx, TriggerPause, nil); r.PreCopied() || !strings.Contains(r.Report.Skipped, "context canceled") {
+		t.Fatalf("report %+v, want skipped for the cancelled context", r.Report)
 	}
 }
 
-// interruptingDumper closes interrupt during its second round.
-type interruptingDumper struct {
-	fakeDumper
-	interrupt chan struct{}
-}
-
-func (d *interruptingDumper) PreDump(ctx context.Context, image, work, parent string) error {
-	if len(d.calls) == 1 {
-		close(d.interrupt)
+func TestPreCopyInterruptEndsAfterTheRoundInProgress(t *testing.T) {
+	f := &fakeCRIU{rounds: synthetic(1), interruptAt: 2, interrupt: make(chan struct{})}
+	e := newFakeEngine(t, f, fixed(5))
+	r := e.PreCopy(t.Context(), TriggerPause, f.interrupt)
+	if len(r.Report.Rounds) != 2 || r.Report.Stop.Reason != policy.ReasonInterrupted || !r.PreCopied() {
+		t.Errorf("rounds %d, stop %+v; want 2 rounds, interrupted", len(r.Report.Rounds), r.Report.Stop)
 	}
-	return d.fakeDumper.PreDump(ctx, image, work, parent)
 }
 
-func TestEngineInterruptEndsAfterTheRoundInProgress(t *testing.T) {
-	d := &interruptingDumper{interrupt: make(chan struct{})}
-	var flattened []string
-	e := newTestEngine(t, d, stopAfter(5), &flattened)
-	e.Interrupt = d.interrupt
-	c, err := e.Run(context.Background())
+// TestDiscardIsTheRoundsOwn: rounds discarded late (by a timer armed for
+// them) leave a later pre-copy's rounds alone.
+func TestDiscardIsTheRoundsOwn(t *testing.T) {
+	e := newFakeEngine(t, &fakeCRIU{rounds: synthetic(1)}, fixed(1))
+	old := e.PreCopy(t.Context(), TriggerPause, nil)
+	newer := e.PreCopy(t.Context(), TriggerPause, nil)
+	if err := old.Discard(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(newer.image); err != nil || !newer.PreCopied() {
+		t.Fatalf("the newer rounds went with the old: %v", err)
+	}
+	if err := old.Discard(); err != nil {
+		t.Errorf("discard twice: %v", err)
+	}
+}
+
+// recorded reads a recording of ../policy/testdata (its README says how
+// they were made): the rounds, the final dump on them, and a one-shot dump.
+func recorded(t *testing.T, scenario string) (rounds []policy.Round, final, oneShot policy.Round) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("policy", "testdata", scenario+".json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Rounds) != 2 || c.Stop.Reason != ReasonInterrupted || c.Stop.Continue {
-		t.Errorf("rounds %d, stop %+v; want 2 rounds, interrupted", len(c.Rounds), c.Stop)
+	type dump struct {
+		WallMS float64            `json:"wall_ms"`
+		Stats  map[string]float64 `json:"stats"`
 	}
+	var rec struct {
+		Rounds  []dump `json:"rounds"`
+		Final   dump   `json:"final_dump"`
+		OneShot dump   `json:"one_shot"`
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	// CRIU's statistics as the engine's StatsReader gives them.
+	asRound := func(d dump) policy.Round {
+		us := func(k string) time.Duration { return time.Duration(d.Stats[k+"_time_us"]) * time.Microsecond }
+		pages := func(k string) uint64 { return uint64(d.Stats["pages_"+k]) }
+		return policy.Round{
+			PagesScanned: pages("scanned"), PagesWritten: pages("written"), PagesSkippedParent: pages("skipped_parent"),
+			Freezing: us("freezing"), Frozen: us("frozen"), MemDump: us("memdump"), MemWrite: us("memwrite"),
+			Wall: time.Duration(d.WallMS * float64(time.Millisecond)),
+		}
+	}
+	for _, d := range rec.Rounds {
+		rounds = append(rounds, asRound(d))
+	}
+	return rounds, asRound(rec.Final), asRound(rec.OneShot)
+}
+
+// tcgConfig is the policy as the recordings' machine needs it (see
+// policy's recorded_test.go): a fixed cost of 200 ms, a target of 400.
+func tcgConfig() policy.Config {
+	c := policy.DefaultConfig()
+	c.FinalDumpFixedCost, c.TargetFreeze, c.MinSize = 200*time.Millisecond, 400*time.Millisecond, 0
+	return c
 }

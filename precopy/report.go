@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/precopy/precopy/precopy/policy"
 )
 
 // ReportFile is the report's name in the checkpoint's image dir: it
@@ -23,18 +25,19 @@ type Report struct {
 	// PreCopied is false for a one-shot checkpoint; Skipped says why.
 	PreCopied bool   `json:"pre_copied"`
 	Skipped   string `json:"skipped,omitempty"`
-	// Trigger is the call that ran pre-copy: pause (standard clients pause
-	// before they checkpoint) or checkpoint (a client that does not).
-	Trigger string `json:"trigger,omitempty"`
+	// Trigger is the call that ran pre-copy.
+	Trigger Trigger `json:"trigger,omitempty"`
 	// Rounds and why they stopped, including the predicted final freeze.
-	Rounds  []Round       `json:"rounds,omitempty"`
-	Stop    *Decision     `json:"stop,omitempty"`
-	PreCopy time.Duration `json:"pre_copy_ns,omitempty"`
-	// Final is the final dump: CRIU's statistics (Frozen is the measured
-	// final freeze) and the runtime call's wall time.
-	Final *Round `json:"final,omitempty"`
-	// FinalFlatten is what resolving the final dump against its parent
-	// cost; the container is still paused then.
+	Rounds  []policy.Round   `json:"rounds,omitempty"`
+	Stop    *policy.Decision `json:"stop,omitempty"`
+	PreCopy time.Duration    `json:"pre_copy_ns,omitempty"`
+	// Final is the final dump: CRIU's statistics (Freeze is the measured
+	// final freeze), when the runtime call started and its wall time, and
+	// the size of the checkpoint's image.
+	Final *policy.Round `json:"final,omitempty"`
+	// FinalFlatten is what flattening the final dump with the rounds'
+	// image cost; the container is still frozen then, unless it thawed
+	// early.
 	FinalFlatten time.Duration `json:"final_flatten_ns,omitempty"`
 	// FellBack says why a pre-copy checkpoint was redone one-shot.
 	FellBack string `json:"fell_back,omitempty"`
@@ -57,11 +60,15 @@ type Thaw struct {
 	ThawedAt time.Time `json:"thawed_at,omitzero"`
 	// AfterThaw is what the shim did once the container ran again.
 	AfterThaw []string `json:"after_thaw,omitempty"`
-	// Pinned is true when precopyd pinned a point-in-time view of the
-	// writable rootfs for the client's rw-layer diff; PinCost is what
-	// copying it cost, inside the frozen window.
-	Pinned  bool          `json:"pinned,omitempty"`
-	PinCost time.Duration `json:"pin_ns,omitempty"`
+	// Pinned is true when a point-in-time view of the writable rootfs
+	// was pinned for the client's rw-layer diff: by PinWhere, PinBytes in
+	// PinFiles files (0 when the pin does not say), and PinCost is what
+	// making it cost, inside the frozen window.
+	Pinned   bool          `json:"pinned,omitempty"`
+	PinWhere string        `json:"pin_where,omitempty"`
+	PinBytes int64         `json:"pin_bytes,omitempty"`
+	PinFiles int           `json:"pin_files,omitempty"`
+	PinCost  time.Duration `json:"pin_ns,omitempty"`
 }
 
 // Write writes the report into image dir dir.

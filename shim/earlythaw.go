@@ -4,28 +4,126 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
+	"io/fs"
+	"path/filepath"
+	"sync"
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
-	"github.com/containerd/containerd/api/types"
-	"github.com/containerd/containerd/api/types/runc/options"
+	apitask "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/log"
 
 	"github.com/precopy/precopy/precopy"
 	"github.com/precopy/precopy/settings"
-	"github.com/precopy/precopy/snapshotter/pin"
-	"github.com/precopy/precopy/snapshotter/pinservice"
 )
 
-// checkpointFollowsPause is how soon after a Pause a Checkpoint must come
-// for the shim to take the two as one client's checkpoint (ctr, nerdctl,
-// the CRI plugin and containerd's Task.Checkpoint send them back to back,
-// milliseconds apart) rather than a pause the user held and a checkpoint
-// taken later, which must leave the container paused.
-const checkpointFollowsPause = 3 * time.Second
+// An early thaw runs the container again right after its final dump,
+// before the daemon stores the image; it must never thaw a pause the user
+// holds (containerd's TestCheckpointOnPauseStatus: a user's Pause, then a
+// Checkpoint, leaves the task paused). What tells the two apart: every
+// standard checkpointing client looks at the task right before it pauses
+// it (ctr's container.Task and containerd's Task.Checkpoint ask the daemon,
+// which asks this shim's State) and pauses only a running task, and sends
+// the Checkpoint right after the Pause, with no State between; a user who
+// checkpoints a task it paused itself sends State (PAUSED), then the
+// Checkpoint, with no Pause. So the shim thaws early only when
+//
+//	(a) its own Pause froze a running task for this checkpoint, and State
+//	    answered RUNNING at most stateBeforePause before that Pause came;
+//	(b) State did not answer PAUSED between that Pause and the Checkpoint;
+//	(c) the Checkpoint came within the pause's window: checkpointFollowsPause
+//	    plus what a client's diff of the writable layer may take before it
+//	    (ctr diffs between its Pause and its Checkpoint).
+const (
+	stateBeforePause       = 2 * time.Second
+	checkpointFollowsPause = 3 * time.Second
+)
+
+// diffRate is what diffAllowance assumes a client's rw-layer diff reads
+// per second. A placeholder until measured (issue 15): the walking differ
+// tars the layer through the daemon, slower than a plain copy.
+const diffRate = 20 << 20
+
+// diffAllowance is how much longer than checkpointFollowsPause a client's
+// Checkpoint may follow its Pause, for a writable layer of layerBytes: the
+// client's rw-layer diff runs in between. 0 when the size is unknown (0).
+func diffAllowance(layerBytes int64) time.Duration {
+	if layerBytes <= 0 {
+		return 0
+	}
+	return time.Duration(float64(layerBytes) / diffRate * float64(time.Second))
+}
+
+// stateLog is when State last answered RUNNING and PAUSED for a
+// container's task.
+type stateLog struct {
+	mu              sync.Mutex
+	running, paused time.Time
+}
+
+func (l *stateLog) record(st apitask.Status, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch st {
+	case apitask.Status_RUNNING:
+		l.running = at
+	case apitask.Status_PAUSED:
+		l.paused = at
+	}
+}
+
+func (l *stateLog) lastRunning() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.running
+}
+
+// pausedSince says whether State answered PAUSED at t or later.
+func (l *stateLog) pausedSince(t time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.paused.Before(t)
+}
+
+// pauseRecord is the shim's last Pause of a task, as the early-thaw rule
+// reads it.
+type pauseRecord struct {
+	// arrived is when the Pause came; lookedAt when State last answered
+	// RUNNING before that (zero: never).
+	arrived, lookedAt time.Time
+	// frozeRunning: the Pause found the task running and froze it.
+	frozeRunning bool
+	// frozenAt is when the Pause returned, the task frozen (zero: no
+	// Pause of this shim).
+	frozenAt time.Time
+	// layerBytes is the writable layer's size at the Pause (0: unknown).
+	layerBytes int64
+}
+
+// window is how long after the Pause a checkpoint's own Checkpoint comes.
+func (p pauseRecord) window() time.Duration {
+	return checkpointFollowsPause + diffAllowance(p.layerBytes)
+}
+
+// userPause says why the pause before a Checkpoint at now may be one the
+// user holds, "" if it is the checkpoint's own.
+func (c *container) userPause(now time.Time) string {
+	p := c.pause
+	switch {
+	case p.frozenAt.IsZero():
+		return "the shim did not pause the container for this checkpoint"
+	case !p.frozeRunning:
+		return "the Pause before the checkpoint found the task already paused: a pause the user holds"
+	case p.lookedAt.IsZero() || p.arrived.Sub(p.lookedAt) > stateBeforePause:
+		return fmt.Sprintf("no client looked at the task (State: running) within %s before the Pause, as checkpointing clients do: a pause the user holds", stateBeforePause)
+	case c.states.pausedSince(p.arrived):
+		return "a client saw the task paused (State) between the Pause and the checkpoint: a pause the user holds"
+	case now.Sub(p.frozenAt) > p.window():
+		return fmt.Sprintf("the checkpoint came %s after the pause, later than a client's checkpoint does (%s): a pause the user holds", now.Sub(p.frozenAt).Round(time.Millisecond), p.window())
+	}
+	return ""
+}
 
 // thawDecision is whether a checkpoint may thaw its container right after
 // the final dump.
@@ -34,20 +132,17 @@ type thawDecision int
 const (
 	thawNo thawDecision = iota
 	thawYes
-	// thawIfPinned: the rootfs is writable; thaw if precopyd pins a
+	// thawIfPinned: the rootfs is writable; thaw if the pinner pins a
 	// point-in-time view of it for the client's rw-layer diff.
 	thawIfPinned
 )
 
-// earlyThaw decides whether this checkpoint of c may thaw the container
-// right after its final dump, before the daemon stores the image and
-// diffs the writable layer; the returned Thaw says why or why not.
-// Callers hold c.mu.
-func (c *container) earlyThaw(opts *options.CheckpointOptions) (thawDecision, *precopy.Thaw) {
-	t := &precopy.Thaw{}
-	if !c.pausedAt.IsZero() {
-		t.FrozenAt = c.pausedAt
-	}
+// earlyThaw decides whether a Checkpoint at now (exit: one that stops the
+// container) may thaw c right after its final dump, before the daemon
+// stores the image and diffs the writable layer; the returned Thaw says
+// why or why not. Callers hold c.mu.
+func (c *container) earlyThaw(exit bool, now time.Time) (thawDecision, *precopy.Thaw) {
+	t := &precopy.Thaw{FrozenAt: c.pause.frozenAt}
 	no := func(why string) (thawDecision, *precopy.Thaw) {
 		t.Reason = why
 		return thawNo, t
@@ -56,134 +151,66 @@ func (c *container) earlyThaw(opts *options.CheckpointOptions) (thawDecision, *p
 	switch {
 	case mode == settings.EarlyThawNever:
 		return no("io.precopy.early-thaw is never")
-	case opts.Exit:
+	case exit:
 		return no("the checkpoint stops the container")
-	case c.pausedAt.IsZero():
-		// A running task (CRIU freezes and thaws it itself) or one paused
-		// before this shim's state began.
-		return no("the shim did not pause the container for this checkpoint")
-	case time.Since(c.pausedAt) > checkpointFollowsPause:
-		return no(fmt.Sprintf("the container was paused %s before the checkpoint: a pause the user holds", time.Since(c.pausedAt).Round(time.Millisecond)))
+	}
+	if why := c.userPause(now); why != "" {
+		return no(why)
+	}
+	switch {
 	case mode == settings.EarlyThawForce:
 		t.Reason = "io.precopy.early-thaw is force: writes after the dump may reach the rw-layer diff"
 		return thawYes, t
-	case c.readonlyRootfs:
+	case c.spec.readonlyRootfs:
 		t.Reason = "the rootfs is read-only: the rw-layer diff cannot change after the dump"
 		return thawYes, t
 	case c.upper == "":
 		return no("the rootfs is writable and its writable layer is unknown (not one overlay or bind mount): the client's rw-layer diff must see it frozen")
-	case c.settings.PrecopydAddress == "":
+	case c.pinner == nil:
 		return no("the rootfs is writable and no precopyd is configured to pin it: the client's rw-layer diff must see it frozen")
 	}
-	t.Reason = "the rootfs is writable: thaw once precopyd pins a point-in-time view of it"
+	t.Reason = "the rootfs is writable: thaw once its writable layer is pinned"
 	return thawIfPinned, t
 }
 
-// pinTimeout bounds the pin call: the container is frozen meanwhile, and
-// an unreachable precopyd only costs the early thaw.
-const pinTimeout = 5 * time.Second
-
-// pinClient is the shim's client of precopyd at addr, made once and
-// kept: a pin happens while a container is frozen, and should not pay
-// for a new connection. Create warms it for containers that may pin.
-func (s *Service) pinClient(addr string) (*pinservice.Client, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c, ok := s.pins[addr]; ok {
-		return c, nil
+// layerSize is the bytes of the regular files in the writable layer upper
+// ("": 0). Walked while the task runs, before a Pause freezes it.
+func layerSize(upper string) int64 {
+	if upper == "" {
+		return 0
 	}
-	c, err := pinservice.Dial(addr)
-	if err != nil {
-		return nil, err
-	}
-	if s.pins == nil {
-		s.pins = map[string]*pinservice.Client{}
-	}
-	s.pins[addr] = c
-	c.Connect()
-	return c, nil
+	var n int64
+	filepath.WalkDir(upper, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				n += info.Size()
+			}
+		}
+		return nil
+	})
+	return n
 }
 
-// pinRootfs asks precopyd to pin c's writable layer as it is now, frozen
-// after the final dump, and says in t whether it did. Callers hold c.mu.
-func (s *Service) pinRootfs(ctx context.Context, c *container, t *precopy.Thaw) bool {
-	addr := c.settings.PrecopydAddress
-	fail := func(err error) bool {
-		t.Reason = fmt.Sprintf("the rootfs is writable and precopyd (%s) did not pin it: %v: the client's rw-layer diff must see it frozen", addr, err)
-		log.G(ctx).WithError(err).WithField("id", c.id).Info("precopy: no early thaw")
-		return false
+// afterDump runs once a final dump the image will hold is written, the
+// container still frozen: it thaws the container if decision allows it
+// (pinning a writable layer first), says so in t, and returns whether it
+// did. Callers hold c.mu.
+func (s *Service) afterDump(ctx context.Context, c *container, decision thawDecision, t *precopy.Thaw) bool {
+	if decision == thawIfPinned && s.pinRootfs(ctx, c, t) {
+		decision = thawYes
 	}
-	if _, err := os.Stat(addr); err != nil {
-		return fail(errors.New("no socket"))
+	if decision != thawYes || t.Early {
+		return t.Early
 	}
-	client, err := s.pinClient(addr)
-	if err != nil {
-		return fail(err)
-	}
-	pctx, cancel := context.WithTimeout(ctx, pinTimeout)
-	defer cancel()
-	res, err := client.Pin(pctx, c.upper)
-	if err != nil {
-		// precopyd may have pinned it all the same (the call timed out
-		// after the copy): a pin nobody releases would serve this stale
-		// layer to the next checkpoint's diff until its ttl.
-		c.pinned = true
-		s.unpin(ctx, c, "pin failed")
-		return fail(err)
-	}
-	c.pinned, t.Pinned, t.PinCost = true, true, res.Cost
-	t.Reason = "the rootfs is writable and precopyd pinned a point-in-time view of it for the client's rw-layer diff"
-	return true
-}
-
-// unpin releases c's pin, if it holds one: the client's diff is done, or
-// the container is gone. It is kept as held when precopyd cannot be told,
-// for the next Pause, Resume or Delete to try again; precopyd drops it
-// after its --pin-ttl anyway. Callers hold c.mu.
-func (s *Service) unpin(ctx context.Context, c *container, why string) {
-	if !c.pinned {
-		return
-	}
-	l := log.G(ctx).WithFields(log.Fields{"id": c.id, "why": why})
-	client, err := s.pinClient(c.settings.PrecopydAddress)
-	if err == nil {
-		// The caller's request may be over (a cancelled Resume): the pin
-		// must go all the same.
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pinTimeout)
-		defer cancel()
-		err = client.Unpin(uctx, c.upper)
-	}
-	if err != nil {
-		l.WithError(err).Warn("precopy: unpin the writable layer (precopyd drops it after its pin ttl)")
-		return
-	}
-	c.pinned = false
-	l.Debug("precopy: unpinned the writable layer")
-}
-
-// writableLayer is the writable dir of a rootfs given as mounts, which
-// precopyd pins: see pin.UpperDir. "" unless the rootfs is one mount.
-func writableLayer(rootfs []*types.Mount) string {
-	if len(rootfs) != 1 {
-		return ""
-	}
-	return pin.UpperDir(rootfs[0].Type, rootfs[0].Source, rootfs[0].Options)
-}
-
-// thawEarly thaws c once its final dump is written: the client's Resume
-// that follows is then a no-op. The runc-v2 service's Resume publishes
-// TaskResumed and keeps the task status truthful. A failed thaw leaves the
-// classic behaviour (the client's Resume thaws). Callers hold c.mu.
-func (s *Service) thawEarly(ctx context.Context, c *container, t *precopy.Thaw) {
-	if t.Early {
-		return
-	}
+	// The runc-v2 service's Resume publishes TaskResumed and keeps the
+	// task's status truthful. A failed thaw leaves the classic behaviour:
+	// the client's Resume thaws.
 	if _, err := s.TTRPCTaskService.Resume(ctx, &taskAPI.ResumeRequest{ID: c.id}); err != nil {
 		t.Reason = fmt.Sprintf("early thaw failed, left to the client's resume: %v", err)
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("precopy: early thaw")
-		return
+		return false
 	}
-	t.Early, t.ThawedAt = true, time.Now()
-	c.thawedEarly = true
+	t.Early, t.ThawedAt = true, s.now()
 	log.G(ctx).WithFields(log.Fields{"id": c.id, "frozen": t.ThawedAt.Sub(t.FrozenAt)}).Info("precopy: thawed after the final dump")
+	return true
 }

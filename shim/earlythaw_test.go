@@ -3,45 +3,159 @@
 package shim
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runc/options"
+	apitask "github.com/containerd/containerd/api/types/task"
 
 	"github.com/precopy/precopy/settings"
 )
 
+// TestEarlyThawOwnPause: a checkpoint's own pause (a look at the running
+// task, Pause, Checkpoint) thaws right after the final dump when nothing
+// can change the rw-layer diff; the client's Resume is then a no-op.
+func TestEarlyThawOwnPause(t *testing.T) {
+	h := newHarness(t, nil, true)
+	report := h.ctrCheckpoint()
+	th := report.Thaw
+	if !th.Early || !strings.Contains(th.Reason, "read-only") || !th.ThawedAt.Equal(h.now) || !th.FrozenAt.Equal(h.now) {
+		t.Fatalf("thaw %+v, want early for a read-only rootfs", th)
+	}
+	if !slicesHasPrefix(th.AfterThaw, "flatten") {
+		t.Errorf("after the thaw: %q, want the flatten", th.AfterThaw)
+	}
+	// One thaw, the shim's; the client's Resume did not reach runc-v2.
+	if n := h.tasks.count("resume"); n != 1 {
+		t.Errorf("%d resumes reached the runc-v2 service, want 1", n)
+	}
+	h.phaseIs(idle)
+}
+
+func slicesHasPrefix(list []string, prefix string) bool {
+	for _, s := range list {
+		if strings.HasPrefix(s, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestEarlyThawUserPause: a pause the user holds stays, whichever way the
+// checkpoint finds it; each refusal says why.
+func TestEarlyThawUserPause(t *testing.T) {
+	for name, tc := range map[string]struct {
+		// before runs between the look at the task and the Pause, between
+		// the Pause and the Checkpoint.
+		look       bool
+		sinceLook  time.Duration
+		lookAfter  bool
+		sincePause time.Duration
+		layer      int64
+		want       string
+	}{
+		"ctr's checkpoint":                {look: true, want: ""},
+		"no look before the pause":        {want: "no client looked at the task"},
+		"a look long before the pause":    {look: true, sinceLook: 3 * time.Second, want: "no client looked at the task"},
+		"a look at the paused task":       {look: true, lookAfter: true, want: "saw the task paused"},
+		"a checkpoint long after":         {look: true, sincePause: 4 * time.Second, want: "came 4s after the pause"},
+		"a large layer's diff in between": {look: true, sincePause: 4 * time.Second, layer: 64 << 20, want: ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, map[string]string{settings.AnnotationEarlyThaw: "force", settings.AnnotationMode: "never"}, false)
+			if tc.layer > 0 {
+				writeLayer(t, h.upper, tc.layer)
+			}
+			if tc.look {
+				h.look()
+			}
+			h.now = h.now.Add(tc.sinceLook)
+			if err := h.pause(); err != nil {
+				t.Fatal(err)
+			}
+			if tc.lookAfter {
+				h.look()
+			}
+			h.now = h.now.Add(tc.sincePause)
+			report, err := h.checkpoint(&options.CheckpointOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			th := report.Thaw
+			if th.Early != (tc.want == "") || !strings.Contains(th.Reason, tc.want) {
+				t.Fatalf("thaw %+v, want early %v (%q)", th, tc.want == "", tc.want)
+			}
+			if want := map[bool]apitask.Status{true: apitask.Status_RUNNING, false: apitask.Status_PAUSED}[th.Early]; h.look() != want {
+				t.Errorf("task %s after the checkpoint, want %s", h.look(), want)
+			}
+		})
+	}
+}
+
+// writeLayer fills the writable layer upper with a file of n bytes.
+func writeLayer(t *testing.T, upper string, n int64) {
+	t.Helper()
+	if err := os.MkdirAll(upper, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(upper, "data"))
+	if err == nil {
+		err = f.Truncate(n)
+		f.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUserPauseReasons: each refusal of the early-thaw rule says why.
+func TestUserPauseReasons(t *testing.T) {
+	now := time.Now()
+	own := pauseRecord{arrived: now, lookedAt: now.Add(-time.Second), frozeRunning: true, frozenAt: now}
+	for _, tc := range []struct {
+		pause pauseRecord
+		want  string
+	}{
+		{own, ""},
+		{pauseRecord{}, "the shim did not pause the container"},
+		{pauseRecord{arrived: now, lookedAt: now, frozenAt: now}, "found the task already paused"},
+	} {
+		c := &container{pause: tc.pause}
+		if got := c.userPause(now); got == "" != (tc.want == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("pause %+v: %q, want %q", tc.pause, got, tc.want)
+		}
+	}
+}
+
 func TestEarlyThawDecision(t *testing.T) {
-	justPaused := time.Now().Add(-100 * time.Millisecond)
 	for _, tc := range []struct {
 		name      string
 		mode      settings.EarlyThaw
 		readonly  bool
 		upper     string
-		precopyd  string
-		pausedAt  time.Time
+		pinner    pinner
 		exit      bool
 		want      thawDecision
 		reasonHas string
 	}{
-		{"read-only rootfs", "", true, "", "", justPaused, false, thawYes, "read-only"},
-		{"auto, read-only rootfs", settings.EarlyThawAuto, true, "", "", justPaused, false, thawYes, "read-only"},
-		{"writable rootfs, no precopyd", "", false, "/u", "", justPaused, false, thawNo, "no precopyd"},
-		{"writable rootfs, layer unknown", "", false, "", "/p.sock", justPaused, false, thawNo, "unknown"},
-		{"writable rootfs, precopyd", "", false, "/u", "/p.sock", justPaused, false, thawIfPinned, "pins"},
-		{"forced", settings.EarlyThawForce, false, "/u", "", justPaused, false, thawYes, "force"},
-		{"never", settings.EarlyThawNever, true, "/u", "/p.sock", justPaused, false, thawNo, "never"},
-		{"exit mode", settings.EarlyThawForce, true, "", "", justPaused, true, thawNo, "stops the container"},
-		{"running task", settings.EarlyThawForce, true, "", "", time.Time{}, false, thawNo, "did not pause"},
-		{"pause the user holds", settings.EarlyThawForce, true, "", "", time.Now().Add(-time.Minute), false, thawNo, "user holds"},
+		{"read-only rootfs", settings.EarlyThawAuto, true, "", nil, false, thawYes, "read-only"},
+		{"writable rootfs, no pinner", settings.EarlyThawAuto, false, "/u", nil, false, thawNo, "no precopyd"},
+		{"writable rootfs, layer unknown", settings.EarlyThawAuto, false, "", &fakePinner{}, false, thawNo, "unknown"},
+		{"writable rootfs, pinner", settings.EarlyThawAuto, false, "/u", &fakePinner{}, false, thawIfPinned, "pinned"},
+		{"forced", settings.EarlyThawForce, false, "/u", nil, false, thawYes, "force"},
+		{"never", settings.EarlyThawNever, true, "/u", &fakePinner{}, false, thawNo, "never"},
+		{"exit mode", settings.EarlyThawForce, true, "", nil, true, thawNo, "stops the container"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := &container{readonlyRootfs: tc.readonly, pausedAt: tc.pausedAt, upper: tc.upper}
+			now := time.Now()
+			c := &container{spec: specFacts{readonlyRootfs: tc.readonly}, upper: tc.upper, pinner: tc.pinner}
 			c.settings.EarlyThaw = tc.mode
-			c.settings.PrecopydAddress = tc.precopyd
-			got, thaw := c.earlyThaw(&options.CheckpointOptions{Exit: tc.exit})
+			c.pause = pauseRecord{arrived: now, lookedAt: now, frozeRunning: true, frozenAt: now}
+			got, thaw := c.earlyThaw(tc.exit, now)
 			if got != tc.want || !strings.Contains(thaw.Reason, tc.reasonHas) {
 				t.Errorf("earlyThaw = %v (%q), want %v (%q)", got, thaw.Reason, tc.want, tc.reasonHas)
 			}
@@ -49,6 +163,29 @@ func TestEarlyThawDecision(t *testing.T) {
 				t.Error("the decision must not claim a thaw that has not happened")
 			}
 		})
+	}
+}
+
+func TestDiffAllowance(t *testing.T) {
+	if diffAllowance(0) != 0 || diffAllowance(-1) != 0 {
+		t.Error("an unknown layer size gets an allowance")
+	}
+	if a, b := diffAllowance(1<<20), diffAllowance(1<<30); a <= 0 || b <= a {
+		t.Errorf("allowances %v, %v: want them growing with the layer", a, b)
+	}
+	// The discard timer is never shorter than the window.
+	p := pauseRecord{layerBytes: 4 << 30}
+	if p.window() <= discardAfter {
+		t.Fatalf("window %v: the test wants one longer than %v", p.window(), discardAfter)
+	}
+	h := newHarness(t, nil, false)
+	writeLayer(t, h.upper, 4<<30)
+	h.look()
+	if err := h.pause(); err != nil {
+		t.Fatal(err)
+	}
+	if after := h.timers[0].after; after != p.window() {
+		t.Errorf("discard after %v, want the window %v", after, p.window())
 	}
 }
 

@@ -4,51 +4,108 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 
-	"github.com/precopy/precopy/precopy"
-	"github.com/precopy/precopy/settings"
 	"github.com/precopy/precopy/snapshotter/pin"
 	"github.com/precopy/precopy/snapshotter/pinservice"
 )
 
-// fakePinner is precopyd's pins service: it records pins, and fails a
-// Pin after recording it when told to (a call that timed out after the
-// copy).
-type fakePinner struct {
-	mu       sync.Mutex
-	pinned   map[string]bool
-	failPins bool
+// TestEarlyThawPinReleased: a writable layer pinned for an early thaw is
+// released on every path that ends the checkpoint: the client's Resume,
+// Delete, the next Pause; a pin that failed is released at once.
+func TestEarlyThawPinReleased(t *testing.T) {
+	for _, end := range []string{"resume", "delete", "next pause"} {
+		t.Run(end, func(t *testing.T) {
+			h := newHarness(t, nil, false)
+			th := h.pausedCheckpoint().Thaw
+			if !th.Early || !th.Pinned || th.PinWhere != "fake" || th.PinBytes != 4096 || th.PinFiles != 1 || th.PinCost != time.Millisecond {
+				t.Fatalf("thaw %+v, want early on a pinned layer", th)
+			}
+			if !h.pins.holds(h.upper) {
+				t.Fatal("no pin held after the checkpoint")
+			}
+			h.phaseIs(thawedEarly)
+			var err error
+			switch end {
+			case "resume":
+				err = h.resume()
+			case "delete":
+				err = h.delete()
+			case "next pause":
+				h.look()
+				err = h.pause()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.pins.holds(h.upper) {
+				t.Errorf("the pin outlived the %s", end)
+			}
+		})
+	}
 }
 
-func (f *fakePinner) Pin(_ context.Context, upper string, _ time.Duration) (pin.Result, error) {
+func TestFailedPinReleasedAtOnce(t *testing.T) {
+	h := newHarness(t, nil, false)
+	h.pins.failPin = true
+	if th := h.pausedCheckpoint().Thaw; th.Early || th.Pinned || !strings.Contains(th.Reason, "pinning it failed: deadline exceeded") {
+		t.Errorf("thaw %+v, want none, saying why", th)
+	}
+	if h.pins.holds(h.upper) || h.container().pinned {
+		t.Error("a failed pin is held")
+	}
+	h.phaseIs(idle)
+}
+
+// TestUnpinRetried: an unpin the pinner did not get is kept as held, and
+// tried again at the next chance.
+func TestUnpinRetried(t *testing.T) {
+	h := newHarness(t, nil, false)
+	h.pausedCheckpoint()
+	h.pins.failUnpin = true
+	if err := h.resume(); err != nil {
+		t.Fatal(err)
+	}
+	if !h.container().pinned || !h.pins.holds(h.upper) {
+		t.Fatal("an unpin the pinner did not get was forgotten")
+	}
+	h.pins.failUnpin = false
+	if err := h.delete(); err != nil {
+		t.Fatal(err)
+	}
+	if h.pins.holds(h.upper) {
+		t.Error("the pin outlived the container")
+	}
+}
+
+// fakePins is precopyd's pins service.
+type fakePins struct {
+	mu     sync.Mutex
+	pinned map[string]bool
+}
+
+func (f *fakePins) Pin(_ context.Context, upper string, _ time.Duration) (pin.Result, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pinned[upper] = true
-	if f.failPins {
-		return pin.Result{}, errors.New("deadline exceeded after the copy")
+	if strings.Contains(upper, "large") {
+		return pin.Result{}, pin.ErrTooLarge
 	}
-	return pin.Result{Cost: time.Millisecond}, nil
+	f.pinned[upper] = true
+	return pin.Result{Size: pin.Size{Bytes: 8192, Files: 2}, Cost: time.Millisecond, Where: "/pins/1"}, nil
 }
 
-func (f *fakePinner) Unpin(_ context.Context, upper string) error {
+func (f *fakePins) Unpin(_ context.Context, upper string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.pinned, upper)
 	return nil
-}
-
-func (f *fakePinner) holds(upper string) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.pinned[upper]
 }
 
 func servePins(t *testing.T, p pinservice.Pinner) string {
@@ -65,39 +122,27 @@ func servePins(t *testing.T, p pinservice.Pinner) string {
 	return sock
 }
 
-// TestPinBookkeeping: a pin is released by unpin; a Pin that failed on
-// the shim's side is released at once, in case precopyd made it; an
-// unpin precopyd never heard of is kept as held, to be tried again.
-func TestPinBookkeeping(t *testing.T) {
-	ctx := context.Background()
-	f := &fakePinner{pinned: map[string]bool{}}
+// TestPrecopydPinner pins through precopyd's pins service.
+func TestPrecopydPinner(t *testing.T) {
+	ctx := t.Context()
+	f := &fakePins{pinned: map[string]bool{}}
 	sock := servePins(t, f)
-	s := New(nil, settings.Settings{})
-	c := &container{id: "c1", upper: "/pd/snapshots/7/fs"}
-	c.settings.PrecopydAddress = sock
-
-	var th precopy.Thaw
-	if !s.pinRootfs(ctx, c, &th) || !c.pinned || !th.Pinned || !f.holds(c.upper) {
-		t.Fatalf("pin: shim pinned %v, thaw %+v, precopyd holds %v", c.pinned, th, f.holds(c.upper))
+	p := newPrecopydPinner(sock)
+	res, err := p.Pin(ctx, "/s/7/fs")
+	if err != nil || res.Cost != time.Millisecond || res.Bytes != 8192 || res.Files != 2 || res.Where != "precopyd "+sock+": /pins/1" || !f.pinned["/s/7/fs"] {
+		t.Fatalf("pin: %+v, %v", res, err)
 	}
-	s.unpin(ctx, c, "resumed")
-	if c.pinned || f.holds(c.upper) {
-		t.Fatalf("after unpin: shim pinned %v, precopyd holds %v", c.pinned, f.holds(c.upper))
+	if err := p.Unpin(ctx, "/s/7/fs"); err != nil || f.pinned["/s/7/fs"] {
+		t.Fatalf("unpin: %v", err)
 	}
-
-	f.failPins = true
-	th = precopy.Thaw{}
-	if s.pinRootfs(ctx, c, &th) || th.Pinned {
-		t.Fatalf("a failed pin counted: %+v", th)
+	if _, err := p.Pin(ctx, "/s/large/fs"); err == nil || !strings.Contains(err.Error(), "too large to pin") || !strings.Contains(err.Error(), sock) {
+		t.Errorf("a refused pin: %v, want precopyd's reason", err)
 	}
-	if c.pinned || f.holds(c.upper) {
-		t.Fatalf("after a failed pin: shim pinned %v, precopyd holds %v", c.pinned, f.holds(c.upper))
+	gone := newPrecopydPinner(filepath.Join(t.TempDir(), "none.sock"))
+	if _, err := gone.Pin(ctx, "/s/8/fs"); err == nil || !strings.Contains(err.Error(), "no socket") {
+		t.Errorf("pin without precopyd: %v", err)
 	}
-
-	gone := &container{id: "c2", upper: "/pd/snapshots/8/fs", pinned: true}
-	gone.settings.PrecopydAddress = filepath.Join(t.TempDir(), "none.sock")
-	s.unpin(ctx, gone, "resumed")
-	if !gone.pinned {
-		t.Fatal("an unpin precopyd did not get was forgotten")
+	if err := gone.Unpin(ctx, "/s/8/fs"); err == nil {
+		t.Error("unpin without precopyd succeeded")
 	}
 }

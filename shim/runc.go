@@ -11,13 +11,15 @@ import (
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
 	gorunc "github.com/containerd/go-runc"
+
+	"github.com/precopy/precopy/precopy"
 )
 
 // newRunc returns a runc handle for the container in bundle, set up the
 // way the runc-v2 service sets up its own (same root, binary and cgroup
 // driver, from the bundle's options.json). The runc-v2 service keeps its
 // handles private, so pre-dump rounds need their own.
-func newRunc(bundle, namespace string) (*gorunc.Runc, error) {
+func newRunc(bundle, namespace string) (runcHandle, error) {
 	opts, err := runc.ReadOptions(bundle)
 	if err != nil {
 		return nil, fmt.Errorf("read runtime options of %s: %w", bundle, err)
@@ -30,22 +32,32 @@ func newRunc(bundle, namespace string) (*gorunc.Runc, error) {
 	if binary == "" {
 		binary = "runc"
 	}
-	return process.NewRunc(root, bundle, namespace, binary, systemd), nil
+	return goRunc{process.NewRunc(root, bundle, namespace, binary, systemd)}, nil
 }
 
-// runcPreDumper pre-dumps a container with `runc checkpoint --pre-dump`.
-type runcPreDumper struct {
-	runc *gorunc.Runc
-	id   string
-}
+// goRunc is a runcHandle with go-runc.
+type goRunc struct{ r *gorunc.Runc }
 
-func (d runcPreDumper) PreDump(ctx context.Context, image, work, parent string) error {
-	return d.runc.Checkpoint(ctx, d.id, &gorunc.CheckpointOpts{
-		ImagePath:  image,
-		WorkDir:    work,
-		ParentPath: parent,
+// PreDump runs `runc checkpoint --pre-dump`.
+func (g goRunc) PreDump(ctx context.Context, id string, d precopy.Dirs) error {
+	return g.r.Checkpoint(ctx, id, &gorunc.CheckpointOpts{
+		ImagePath:  d.Image,
+		WorkDir:    d.Work,
+		ParentPath: d.Parent,
 	}, gorunc.PreDump)
 }
+
+// Frozen asks `runc state`: runc says paused for a frozen cgroup.
+func (g goRunc) Frozen(ctx context.Context, id string) (bool, error) {
+	st, err := g.r.State(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	return st.Status == "paused", nil
+}
+
+// Thaw runs `runc resume`.
+func (g goRunc) Thaw(ctx context.Context, id string) error { return g.r.Resume(ctx, id) }
 
 // softDirty reports, once per shim process, whether CRIU can track dirty
 // memory on this kernel (CONFIG_MEM_SOFT_DIRTY), which pre-dump needs. It

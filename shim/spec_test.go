@@ -28,11 +28,16 @@ func TestSpecFacts(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(tc.spec), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, got, err := New(nil, settings.Default()).settingsOf(bundle)
+			_, got, err := readSpec(bundle, settings.Default())
 			if err != nil || got != tc.want {
 				t.Fatalf("facts %+v, %v; want %+v", got, err, tc.want)
 			}
 		})
+	}
+	bundle := t.TempDir()
+	os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{`), 0o600)
+	if _, _, err := readSpec(bundle, settings.Default()); err == nil {
+		t.Error("a bad spec was read")
 	}
 }
 

@@ -237,7 +237,7 @@ func details(m harness.Measurement) string {
 	}
 	for _, rd := range r.Rounds {
 		s += fmt.Sprintf(" round%d=[pause=%.0f wall=%.0f written=%d skipped_parent=%d]",
-			rd.Index, ms(rd.Pause()), ms(rd.Wall), rd.PagesWritten, rd.PagesSkippedParent)
+			rd.Index, ms(rd.Freeze()), ms(rd.Wall), rd.PagesWritten, rd.PagesSkippedParent)
 	}
 	if r.Stop != nil {
 		s += fmt.Sprintf(" stop=%s predicted_ms=%.0f", r.Stop.Reason, ms(r.Stop.PredictedFreeze))

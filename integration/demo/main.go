@@ -156,12 +156,12 @@ func (x demo) showReport(ctx context.Context, ref string) error {
 	}
 	for _, r := range report.Rounds {
 		fmt.Printf("   round %d: %6d pages written, %6d unchanged since the last round, froze %4.0f ms, took %5.0f ms\n",
-			r.Index, r.PagesWritten, r.PagesSkippedParent, ms(r.Pause()), ms(r.Wall))
+			r.Index, r.PagesWritten, r.PagesSkippedParent, ms(r.Freeze()), ms(r.Wall))
 	}
 	fmt.Printf("   stopped: %s; predicted final freeze %.0f ms\n", report.Stop.Reason, ms(report.Stop.PredictedFreeze))
 	if f := report.Final; f != nil {
 		fmt.Printf("   final dump: %d pages written, %d from the rounds, froze %.0f ms; flatten %.0f ms\n",
-			f.PagesWritten, f.PagesSkippedParent, ms(f.Pause()), ms(report.FinalFlatten))
+			f.PagesWritten, f.PagesSkippedParent, ms(f.Freeze()), ms(report.FinalFlatten))
 	}
 	return nil
 }

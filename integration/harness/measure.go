@@ -19,6 +19,7 @@ import (
 
 	"github.com/precopy/precopy/integration/workload"
 	"github.com/precopy/precopy/precopy"
+	"github.com/precopy/precopy/precopy/policy"
 )
 
 // Measurement is one checkpoint of the memory workload, as the workload
@@ -28,7 +29,7 @@ type Measurement struct {
 	// Pause is the longest gap the workload perceived in its loop.
 	Pause time.Duration
 	// Final is CRIU's statistics of the final dump.
-	Final precopy.Round
+	Final policy.Round
 	// Wall is the checkpoint call (pause to resume).
 	Wall time.Duration
 	// Calls splits Wall into the client's calls, Window the frozen part.
@@ -67,7 +68,7 @@ type Window struct {
 func (w Window) Total() time.Duration { return w.RWDiff + w.Dump + w.Merge + w.Content + w.Rest }
 
 // FinalDump is CRIU's freezing + frozen time of the final dump.
-func (m Measurement) FinalDump() time.Duration { return m.Final.Pause() }
+func (m Measurement) FinalDump() time.Duration { return m.Final.Freeze() }
 
 // Rounds is how many pre-copy rounds ran.
 func (m Measurement) Rounds() int {

@@ -42,4 +42,7 @@ const (
 	// ReasonTooSmall: the container's memory is below the size worth
 	// pre-copying: a one-shot dump is about as short.
 	ReasonTooSmall Reason = "too-small"
+	// ReasonInterrupted: a Resume overtook the Pause running the rounds;
+	// the engine, not Decide, stops on it, after the round in progress.
+	ReasonInterrupted Reason = "interrupted"
 )

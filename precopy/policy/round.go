@@ -6,46 +6,59 @@ import "time"
 // pages): byte sizes and page counts convert through it.
 const PageSize = 4096
 
-// Round is one pre-dump round: CRIU's statistics for it (stats-dump in its
-// work dir) and the engine's own measurements.
+// Round is one CRIU dump: a pre-dump round, or a checkpoint's final dump
+// (the report's final). Its statistics are CRIU's (stats-dump in its work
+// dir); the engine adds its own measurements. The JSON names are those of
+// precopy's report.
 type Round struct {
-	// Index is 1 for the first round.
-	Index int
+	// Index is 1 for the first round; 0 for a final dump.
+	Index int `json:"index"`
+	// PagesScanned is pages_scanned. It is not the resident set (see the
+	// package doc) and the policy does not rely on it.
+	PagesScanned uint64 `json:"pages_scanned"`
 	// PagesWritten is pages_written: the distinct pages copied this round.
 	// Round 1 copies every resident page; later rounds only those dirtied
 	// since the previous round reset soft-dirty.
-	PagesWritten uint64
+	PagesWritten uint64 `json:"pages_written"`
 	// PagesSkippedParent is pages_skipped_parent: resident pages left out
 	// because the parent round holds them unchanged.
-	PagesSkippedParent uint64
-	// PagesScanned is pages_scanned. It is not the resident set (see the
-	// package doc) and the policy does not rely on it.
-	PagesScanned uint64
-	// Frozen is frozen_time: how long this round kept the task frozen.
-	Frozen time.Duration
+	PagesSkippedParent uint64 `json:"pages_skipped_parent"`
+	// Freezing is freezing_time: how long freezing the task took. Frozen
+	// is frozen_time: how long it then stayed frozen. Their sum is the
+	// dump's freeze (Freeze), what the app perceives of it.
+	Freezing time.Duration `json:"freezing_ns"`
+	Frozen   time.Duration `json:"frozen_ns"`
 	// MemDump is memdump_time: in a pre-dump, collecting the pages, with
 	// the task frozen in splice mode, after the thaw in read mode.
-	MemDump time.Duration
+	MemDump time.Duration `json:"memdump_ns"`
 	// MemWrite is memwrite_time: in a pre-dump, writing the collected pages
 	// out after the task is thawed.
-	MemWrite time.Duration
+	MemWrite time.Duration `json:"memwrite_ns"`
 	// Start is when the round's runc/CRIU call began. Optional: when zero,
 	// rounds are taken to run back to back and Wall stands in for the time
 	// between two starts (which misses any work between rounds).
-	Start time.Time
+	Start time.Time `json:"start"`
 	// Wall is the round's duration from the start to the end of the call.
-	Wall time.Duration
+	Wall time.Duration `json:"wall_ns"`
 	// ImageBytes is how many bytes this round added to the images that
 	// pre-copy holds. For a plain parent chain that is the round's image
-	// size; an engine that merges each round into the previous one and
-	// removes it should report the growth, not the merged size.
-	ImageBytes int64
+	// size; an engine that flattens each round into one image set and
+	// removes the previous one reports the growth, not the flat size. For
+	// a final dump: the size of the checkpoint's flat image.
+	ImageBytes int64 `json:"image_bytes"`
+	// Flatten is what making this round stand alone cost, while the
+	// container ran. The policy does not read it.
+	Flatten time.Duration `json:"flatten_ns"`
 	// Dirtied is how many pages the load wrote from the round's start (its
 	// soft-dirty reset) until DirtiedAfter later, counted from the page
 	// tables right after the round. Zero DirtiedAfter: not counted.
-	Dirtied      uint64
-	DirtiedAfter time.Duration
+	Dirtied      uint64        `json:"dirtied_pages,omitempty"`
+	DirtiedAfter time.Duration `json:"dirtied_after_ns,omitempty"`
 }
+
+// Freeze is the dump's freeze as the app perceives it: freezing the task
+// plus keeping it frozen.
+func (r Round) Freeze() time.Duration { return r.Freezing + r.Frozen }
 
 // resident is the round's resident pages: what it wrote plus what it found
 // unchanged in its parent.

@@ -1,0 +1,188 @@
+package precopy
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Dumper writes one checkpoint's final dump: the runtime call the client
+// asked for, with its options, into the checkpoint's ImageDir, CRIU's
+// statistics into its WorkDir. parent, if not "", is the rounds' image
+// dir relative to ImageDir; "" is a one-shot dump.
+type Dumper interface {
+	Dump(ctx context.Context, parent string) error
+}
+
+// Checkpoint is one checkpoint request as the engine sees it.
+type Checkpoint struct {
+	// ImageDir is where the image goes (the client's); WorkDir is CRIU's
+	// work dir of the final dump, where its statistics are read.
+	ImageDir, WorkDir string
+	// Exit: the dump stops the container, so it cannot be taken twice.
+	Exit bool
+	// KeepCRIULog copies CRIU's log and statistics from WorkDir into the
+	// image, where they travel with it (for a WorkDir deleted after).
+	KeepCRIULog bool
+	Dumper      Dumper
+	// AfterDump, if set, runs once a dump the image will hold is written,
+	// the container still frozen: from then on the image does not change
+	// with the container, so the caller may thaw it early. It says
+	// whether the container runs again; then a failure after it is not
+	// redone one-shot, as a dump now would not match the writable layer
+	// the client diffs.
+	AfterDump func(ctx context.Context) (thawed bool)
+}
+
+// Checkpoint does the final dump of cp on top of the rounds (one-shot when
+// they hold no image), flattens it into one image set and writes the
+// report into it. A final dump or flatten on the rounds that fails is
+// redone one-shot while the container is still frozen, except in exit
+// mode or after an early thaw. A failed dump never leaves the container
+// frozen unless the client had paused it. The rounds are discarded.
+func (e *Engine) Checkpoint(ctx context.Context, r *Rounds, cp Checkpoint) (*Report, error) {
+	defer r.discard(e.Log)
+	f := &finalDump{e: e, cp: cp, report: r.Report}
+	if err := f.run(ctx, r); err != nil {
+		e.Runtime.ThawIfLeftFrozen(ctx)
+		return nil, err
+	}
+	if err := f.report.Write(cp.ImageDir); err != nil {
+		return nil, err
+	}
+	if cp.KeepCRIULog {
+		keepCRIULog(e.Log, cp.WorkDir, cp.ImageDir)
+	}
+	return f.report, nil
+}
+
+// finalDump is one checkpoint's final dump in progress.
+type finalDump struct {
+	e      *Engine
+	cp     Checkpoint
+	report *Report
+	// thawed: AfterDump ran the container again.
+	thawed bool
+}
+
+func (f *finalDump) run(ctx context.Context, r *Rounds) error {
+	if !r.PreCopied() {
+		return f.oneShot(ctx)
+	}
+	err := f.onRounds(ctx, r)
+	switch {
+	case err == nil:
+		return nil
+	case f.cp.Exit:
+		return fmt.Errorf("%w (the checkpoint stops the container: not redone)", err)
+	case f.thawed:
+		return fmt.Errorf("%w (thawed after the dump: not redone)", err)
+	}
+	// A leave-running dump of a task the client did not pause, whose CRIU
+	// died, left the cgroup frozen; a dump of it now would leave it so.
+	f.e.Runtime.ThawIfLeftFrozen(ctx)
+	f.report.FellBack = err.Error()
+	f.e.Log.Warnf("precopy: checkpoint redone one-shot: %v", err)
+	if err := emptyDir(f.cp.ImageDir); err != nil {
+		return fmt.Errorf("one-shot dump after %s: %w", f.report.FellBack, err)
+	}
+	return f.oneShot(ctx)
+}
+
+// oneShot is the final dump without rounds.
+func (f *finalDump) oneShot(ctx context.Context) error {
+	if _, err := f.dump(ctx, ""); err != nil {
+		return err
+	}
+	f.report.Final.ImageBytes = dirBytes(f.cp.ImageDir)
+	return nil
+}
+
+// onRounds is the final dump on top of r's image, flattened.
+func (f *finalDump) onRounds(ctx context.Context, r *Rounds) error {
+	// CRIU (through runc) wants the parent relative to the image dir.
+	parent, err := filepath.Rel(f.cp.ImageDir, r.image)
+	if err != nil {
+		return fmt.Errorf("parent of %s: %w", f.cp.ImageDir, err)
+	}
+	measured, err := f.dump(ctx, parent)
+	if err != nil {
+		return fmt.Errorf("final dump on pre-copied rounds: %w", err)
+	}
+	if f.thawed && f.report.Thaw != nil {
+		f.report.Thaw.AfterThaw = append(f.report.Thaw.AfterThaw, "flatten of the final dump with the last round", "report")
+	}
+	final := f.report.Final
+	if measured {
+		f.e.finalFixed = max(final.Freeze()-final.MemDump-final.MemWrite, 0)
+	}
+	// The rounds are discarded after this, so the final flatten may take
+	// over the last round's pages instead of copying them, where the page
+	// layout allows.
+	start := f.e.Now()
+	res, err := f.e.Flatten(f.cp.ImageDir)
+	if res.TakeoverRefused != "" && !f.e.warnedCopiedFlatten {
+		f.e.warnedCopiedFlatten = true
+		f.e.Log.Warnf("precopy: the final flatten copies the rounds' pages instead of taking them over (%s); put containerd's checkpoint temp dir ($XDG_RUNTIME_DIR or $TMPDIR) on the filesystem of its state dir (see README)", res.TakeoverRefused)
+	}
+	if err != nil {
+		// The image still points at rounds about to be discarded (and
+		// may need pages the takeover rewrote): it must not be handed out.
+		return fmt.Errorf("flatten final image: %w", err)
+	}
+	f.report.FinalFlatten = f.e.Now().Sub(start)
+	final.ImageBytes = dirBytes(f.cp.ImageDir)
+	f.e.Log.Infof("precopy: checkpoint done: %d rounds, final freeze %s (predicted %s), %d pages, flatten %s",
+		len(f.report.Rounds), final.Freeze(), f.report.Stop.PredictedFreeze, final.PagesWritten, f.report.FinalFlatten)
+	return nil
+}
+
+// dump runs the final dump on parent and records it as the report's
+// final, then runs AfterDump. measured says whether CRIU's statistics
+// were read (a failed read only costs the report its figures).
+func (f *finalDump) dump(ctx context.Context, parent string) (measured bool, _ error) {
+	start := f.e.Now()
+	if err := f.cp.Dumper.Dump(ctx, parent); err != nil {
+		return false, err
+	}
+	wall := f.e.Now().Sub(start)
+	if f.cp.AfterDump != nil && !f.thawed {
+		f.thawed = f.cp.AfterDump(ctx)
+	}
+	final, err := f.e.Stats(f.cp.WorkDir)
+	if err != nil {
+		f.e.Log.Warnf("precopy: final dump statistics: %v", err)
+	}
+	final.Start, final.Wall = start, wall
+	f.report.Final = &final
+	return err == nil, nil
+}
+
+// emptyDir removes what a failed dump left in dir, keeping dir.
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// keepCRIULog copies CRIU's log and statistics of a dump from its work
+// dir into the image dir. Best effort: the image is complete without.
+func keepCRIULog(log Logger, work, image string) {
+	for _, name := range []string{"dump.log", "stats-dump"} {
+		b, err := os.ReadFile(filepath.Join(work, name))
+		if err == nil {
+			err = os.WriteFile(filepath.Join(image, name), b, 0o600)
+		}
+		if err != nil && !os.IsNotExist(err) {
+			log.Warnf("precopy: keep CRIU's %s in the image: %v", name, err)
+		}
+	}
+}

@@ -1,0 +1,253 @@
+package precopy
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/precopy/precopy/precopy/policy"
+)
+
+// checkReport checks what every successful checkpoint's report holds: the
+// final dump's start, wall time and image size (never zero: a dump takes
+// time and writes something), and that it is the one written into the
+// image.
+func checkReport(t *testing.T, e *Engine, cp Checkpoint, got *Report) {
+	t.Helper()
+	f := got.Final
+	if f == nil || f.Start.IsZero() || f.Wall == 0 || f.ImageBytes == 0 {
+		t.Fatalf("final %+v: start, wall and image size must be filled", f)
+	}
+	if f.ImageBytes != dirBytes(cp.ImageDir)-fileSize(t, filepath.Join(cp.ImageDir, ReportFile)) {
+		t.Errorf("final image_bytes %d, the image (without the report) holds %d", f.ImageBytes, dirBytes(cp.ImageDir))
+	}
+	written, err := ReadReport(cp.ImageDir)
+	if err != nil || !written.Final.Start.Equal(f.Start) || written.Final.ImageBytes != f.ImageBytes {
+		t.Errorf("report in the image %+v, %v; returned %+v", written, err, got)
+	}
+	if _, err := os.Lstat(filepath.Join(cp.ImageDir, "parent")); !os.IsNotExist(err) {
+		t.Errorf("the image has a parent link: %v", err)
+	}
+	if entries, _ := os.ReadDir(e.Dir); len(entries) != 0 {
+		t.Errorf("rounds left after the checkpoint: %v", entries)
+	}
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// TestCheckpointRecorded replays a recorded pre-copy of 256 MiB with low
+// dirtying (the policy's testdata) through the engine: the rounds stop
+// where the policy says, the final dump goes on the last round, and the
+// report holds the final dump's statistics and the rounds'.
+func TestCheckpointRecorded(t *testing.T) {
+	rounds, final, _ := recorded(t, "low-dirty-256m")
+	f := &fakeCRIU{rounds: rounds, finals: []policy.Round{final}}
+	e := newFakeEngine(t, f, tcgConfig())
+	r := e.PreCopy(t.Context(), TriggerPause, nil)
+	if n := len(r.Report.Rounds); !r.PreCopied() || n < 2 || n > 3 ||
+		!slices.Contains([]policy.Reason{policy.ReasonTargetMet, policy.ReasonConverged}, r.Report.Stop.Reason) {
+		t.Fatalf("pre-copied %v, %d rounds, stop %+v; want 2-3 rounds, target met or converged", r.PreCopied(), n, r.Report.Stop)
+	}
+	start := f.clock.now
+	report, err := e.Checkpoint(t.Context(), r, f.checkpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, _ := filepath.Rel(f.checkpoint.ImageDir, f.predumps[len(f.predumps)-1].Image)
+	if want := []string{last}; !strings.HasPrefix(last, "../bundle/precopy/rounds-") || !slices.Equal(f.parents, want) {
+		t.Errorf("final dumps on %q, want one on %q", f.parents, last)
+	}
+	checkReport(t, e, f.checkpoint, report)
+	got := report.Final
+	if !got.Start.Equal(start) || got.PagesWritten != final.PagesWritten || got.Wall != final.Wall || report.FellBack != "" {
+		t.Errorf("final %+v, want the recorded final dump started at %v", got, start)
+	}
+	if want := final.Freeze() - final.MemDump - final.MemWrite; e.finalFixed != want {
+		t.Errorf("measured fixed cost %v, want %v", e.finalFixed, want)
+	}
+}
+
+// TestCheckpointCannotConvergeIsOneShot: a load that rewrites everything
+// gets its rounds dropped after they show it; the checkpoint is one-shot,
+// its report keeps the rounds and why.
+func TestCheckpointCannotConvergeIsOneShot(t *testing.T) {
+	rounds, _, oneShot := recorded(t, "write-all-256m")
+	f := &fakeCRIU{rounds: rounds, finals: []policy.Round{oneShot}}
+	e := newFakeEngine(t, f, tcgConfig())
+	r := e.PreCopy(t.Context(), TriggerCheckpoint, nil)
+	if r.PreCopied() || r.Report.PreCopied || !strings.Contains(r.Report.Skipped, "cannot-converge after 2 rounds") || len(r.Report.Rounds) != 2 {
+		t.Fatalf("report %+v, want one-shot after 2 rounds for cannot-converge", r.Report)
+	}
+	if entries, _ := os.ReadDir(e.Dir); len(entries) != 0 {
+		t.Errorf("dropped rounds left %v", entries)
+	}
+	report, err := e.Checkpoint(t.Context(), r, f.checkpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReport(t, e, f.checkpoint, report)
+	if !slices.Equal(f.parents, []string{""}) || report.Final.PagesWritten != oneShot.PagesWritten || report.Trigger != TriggerCheckpoint {
+		t.Errorf("final dumps on %q, report %+v; want one one-shot dump", f.parents, report)
+	}
+}
+
+// twoFinals are the statistics of a final dump on rounds and of the
+// one-shot dump that redoes it, told apart by their pages.
+func twoFinals() []policy.Round {
+	finals := synthetic(2)
+	finals[0].PagesWritten, finals[1].PagesWritten = 10, 60000
+	return finals
+}
+
+// TestCheckpointFallsBackOneShot: a final dump on the rounds whose CRIU
+// died, or whose flatten failed, is redone one-shot while the container
+// is still frozen, and the report describes the dump the image holds.
+func TestCheckpointFallsBackOneShot(t *testing.T) {
+	for name, tc := range map[string]struct {
+		failFinal bool
+		flatten   string
+		fellBack  string
+	}{
+		"final dump fails": {failFinal: true, fellBack: "final dump on pre-copied rounds"},
+		"flatten fails":    {flatten: "image", fellBack: "flatten final image"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := &fakeCRIU{rounds: synthetic(2), finals: twoFinals(), failFinal: tc.failFinal}
+			e := newFakeEngine(t, f, fixed(2))
+			e.Flatten = flattenParent(tc.flatten)
+			r := e.PreCopy(t.Context(), TriggerPause, nil)
+			report, err := e.Checkpoint(t.Context(), r, f.checkpoint)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkReport(t, e, f.checkpoint, report)
+			if len(f.parents) != 2 || f.parents[1] != "" || !strings.Contains(report.FellBack, tc.fellBack) {
+				t.Errorf("dumps on %q, fell back %q; want a one-shot dump after %q", f.parents, report.FellBack, tc.fellBack)
+			}
+			if want := f.finals[len(f.parents)-1].PagesWritten; report.Final.PagesWritten != want || !report.PreCopied {
+				t.Errorf("final wrote %d pages, want %d: the one-shot dump's", report.Final.PagesWritten, want)
+			}
+			if f.thawChecks == 0 {
+				t.Error("no check for a cgroup the failed dump left frozen before the one-shot dump")
+			}
+		})
+	}
+}
+
+// TestCheckpointNotRedone: a failure after the dump is not redone in exit
+// mode (the container is gone) nor after an early thaw (a dump now would
+// not match the rw layer the client diffs); the checkpoint fails, and a
+// container a dead CRIU left frozen is thawed.
+func TestCheckpointNotRedone(t *testing.T) {
+	for name, tc := range map[string]struct {
+		exit, thaw bool
+		failFinal  bool
+		want       string
+	}{
+		"exit mode, final dump fails": {exit: true, failFinal: true, want: "stops the container: not redone"},
+		"exit mode, flatten fails":    {exit: true, want: "stops the container: not redone"},
+		"thawed early, flatten fails": {thaw: true, want: "thawed after the dump: not redone"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := &fakeCRIU{rounds: synthetic(1), finals: twoFinals(), failFinal: tc.failFinal}
+			e := newFakeEngine(t, f, fixed(1))
+			e.Flatten = flattenParent("image")
+			cp := f.checkpoint
+			cp.Exit = tc.exit
+			var afterDumps int
+			cp.AfterDump = func(context.Context) bool { afterDumps++; return tc.thaw }
+			_, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil), cp)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+			if len(f.parents) != 1 || f.thawChecks == 0 || afterDumps > 1 {
+				t.Errorf("dumps on %q, %d thaw checks, %d after-dump calls; want one dump, a thaw check", f.parents, f.thawChecks, afterDumps)
+			}
+			if _, err := os.Stat(filepath.Join(cp.ImageDir, ReportFile)); !os.IsNotExist(err) {
+				t.Errorf("a failed checkpoint wrote its report: %v", err)
+			}
+		})
+	}
+}
+
+func TestCheckpointOneShotFails(t *testing.T) {
+	f := &fakeCRIU{finals: synthetic(1), failAll: true}
+	e := newFakeEngine(t, f, fixed(1))
+	if _, err := e.Checkpoint(t.Context(), e.Skip(TriggerCheckpoint, "mode is never"), f.checkpoint); err == nil || f.thawChecks != 1 {
+		t.Fatalf("error %v, %d thaw checks; want the dump's error and a thaw check", err, f.thawChecks)
+	}
+}
+
+// TestCheckpointThawedEarly: AfterDump runs once, after the dump, and the
+// work done after the thaw is in the report.
+func TestCheckpointThawedEarly(t *testing.T) {
+	f := &fakeCRIU{rounds: synthetic(1), finals: synthetic(1)}
+	e := newFakeEngine(t, f, fixed(1))
+	r := e.PreCopy(t.Context(), TriggerPause, nil)
+	r.Report.Thaw = &Thaw{Reason: "test"}
+	cp := f.checkpoint
+	var afterDumps int
+	cp.AfterDump = func(context.Context) bool {
+		afterDumps++
+		if len(f.parents) != 1 {
+			t.Error("AfterDump before the dump")
+		}
+		r.Report.Thaw.Early = true
+		return true
+	}
+	report, err := e.Checkpoint(t.Context(), r, cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReport(t, e, cp, report)
+	if afterDumps != 1 || !slices.Equal(report.Thaw.AfterThaw, []string{"flatten of the final dump with the last round", "report"}) {
+		t.Errorf("%d after-dump calls, after thaw %q", afterDumps, report.Thaw.AfterThaw)
+	}
+}
+
+func TestCheckpointKeepsCRIULog(t *testing.T) {
+	f := &fakeCRIU{finals: synthetic(1)}
+	e := newFakeEngine(t, f, fixed(1))
+	cp := f.checkpoint
+	cp.KeepCRIULog = true
+	if err := os.MkdirAll(cp.WorkDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cp.WorkDir, "dump.log"), []byte("log"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Checkpoint(t.Context(), e.Skip(TriggerCheckpoint, "test"), cp); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(cp.ImageDir, "dump.log")); err != nil || string(b) != "log" {
+		t.Errorf("CRIU's log in the image: %q, %v", b, err)
+	}
+}
+
+func TestReadDumpStatsRefusesBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := ReadDumpStats(dir); err == nil {
+		t.Error("no stats-dump: no error")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "stats-dump"), []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadDumpStats(dir); err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Errorf("a truncated stats-dump: %v", err)
+	}
+}
+
+func TestResidentBytes(t *testing.T) {
+	if n := ResidentBytes([]int{os.Getpid(), 1 << 30}); n == 0 {
+		t.Error("this process has no resident memory")
+	}
+}

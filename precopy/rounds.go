@@ -1,0 +1,37 @@
+package precopy
+
+import "os"
+
+// Rounds is what pre-copy leaves for a checkpoint's final dump: the report
+// so far (the rounds' statistics and why they stopped, or why there are
+// none) and the one flat image set all the rounds copied into, which is
+// the final dump's parent. Without that image the checkpoint is one-shot.
+type Rounds struct {
+	Report *Report
+	// dir holds the rounds' files; image is the last round's image dir,
+	// flat ("" when there is none); held is the bytes of its files.
+	dir   string
+	image string
+	held  int64
+}
+
+// PreCopied says whether the rounds hold an image for the final dump.
+func (r *Rounds) PreCopied() bool { return r.image != "" }
+
+// Discard removes the rounds' images; the report stays. The checkpoint
+// they were made for, if it still comes, is one-shot.
+func (r *Rounds) Discard() error {
+	dir := r.dir
+	r.image, r.dir = "", ""
+	if dir == "" {
+		return nil
+	}
+	return os.RemoveAll(dir)
+}
+
+// discard is Discard with its error logged: nothing waits for it.
+func (r *Rounds) discard(log Logger) {
+	if err := r.Discard(); err != nil {
+		log.Warnf("precopy: discard rounds: %v", err)
+	}
+}

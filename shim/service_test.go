@@ -1,0 +1,305 @@
+//go:build linux
+
+package shim
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/runc/options"
+	apitask "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+
+	"github.com/precopy/precopy/settings"
+)
+
+// TestPauseCheckpointResume is a standard client's checkpoint of a
+// container with a writable rootfs and no pin: the Pause pre-copies, the
+// Checkpoint dumps on the rounds and flattens, the task stays frozen
+// until the client's Resume thaws it.
+func TestPauseCheckpointResume(t *testing.T) {
+	h := newHarness(t, map[string]string{settings.AnnotationEarlyThaw: "never"}, false)
+	h.look()
+	if err := h.pause(); err != nil {
+		t.Fatal(err)
+	}
+	h.phaseIs(paused)
+	if len(h.timers) != 1 || h.timers[0].after != discardAfter {
+		t.Fatalf("discard timers %+v, want one of %s", h.timers, discardAfter)
+	}
+	report, err := h.checkpoint(&options.CheckpointOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !report.PreCopied || len(report.Rounds) != 2 || report.Trigger != "pause" || report.Final == nil || report.Thaw.Early {
+		t.Errorf("report %+v", report)
+	}
+	if !slices.Equal(report.CRIUOptions, []string{"pre-dump-mode read"}) {
+		t.Errorf("CRIU options %q", report.CRIUOptions)
+	}
+	if d := h.tasks.dumpOpts; len(d) != 1 || !strings.HasPrefix(d[0].ParentPath, "../") || d[0].WorkPath == "" {
+		t.Errorf("final dump options %+v: want one dump on the rounds, in the shim's work dir", d)
+	}
+	if !h.timers[0].stopped || len(h.roundsLeft()) != 0 {
+		t.Errorf("after the checkpoint: timer stopped %v, rounds left %v", h.timers[0].stopped, h.roundsLeft())
+	}
+	h.phaseIs(idle)
+	if st := h.look(); st != apitask.Status_PAUSED {
+		t.Errorf("task %s after the checkpoint, want paused until the client resumes", st)
+	}
+	if err := h.resume(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"create", "pause", "checkpoint", "resume"}; !slices.Equal(h.tasks.called(), want) {
+		t.Errorf("calls %q, want %q", h.tasks.called(), want)
+	}
+}
+
+// TestCheckpointRunningTask: a client that checkpoints a running task
+// without pausing it gets pre-copy within the Checkpoint; the task runs on.
+func TestCheckpointRunningTask(t *testing.T) {
+	h := newHarness(t, nil, false)
+	report, err := h.checkpoint(&options.CheckpointOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !report.PreCopied || report.Trigger != "checkpoint" || report.Thaw.Early || !strings.Contains(report.Thaw.Reason, "did not pause") {
+		t.Errorf("report %+v, thaw %+v", report, report.Thaw)
+	}
+	if st := h.look(); st != apitask.Status_RUNNING || len(h.timers) != 0 {
+		t.Errorf("task %s, %d timers", st, len(h.timers))
+	}
+}
+
+// TestResumeDuringRounds: a Resume that arrives while the Pause still
+// pre-copies ends the rounds after the one in progress, waits for the
+// Pause, then discards the rounds and thaws.
+func TestResumeDuringRounds(t *testing.T) {
+	h := newHarness(t, map[string]string{settings.AnnotationRounds: "5"}, false)
+	h.tasks.preDumpStarted, h.tasks.preDumpGo = make(chan int), make(chan struct{})
+	paused := make(chan error)
+	go func() { paused <- h.pause() }()
+	<-h.tasks.preDumpStarted // round 1 runs
+	resumed := make(chan error)
+	go func() { resumed <- h.resume() }()
+	// The Resume ends the rounds before it waits for the Pause.
+	waitFor(t, func() bool {
+		c := h.container()
+		c.rounds.mu.Lock()
+		defer c.rounds.mu.Unlock()
+		return c.rounds.ch == nil
+	})
+	close(h.tasks.preDumpGo)
+	if err := <-paused; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-resumed; err != nil {
+		t.Fatal(err)
+	}
+	if h.tasks.preDumps != 1 {
+		t.Errorf("%d rounds, want the one in progress", h.tasks.preDumps)
+	}
+	if want := []string{"create", "pause", "resume"}; !slices.Equal(h.tasks.called(), want) {
+		t.Errorf("calls %q, want %q", h.tasks.called(), want)
+	}
+	if left := h.roundsLeft(); len(left) != 0 || !h.timers[0].stopped {
+		t.Errorf("rounds left %v, timer stopped %v", left, h.timers[0].stopped)
+	}
+	h.phaseIs(idle)
+}
+
+// TestDeleteDuringRounds: the container is deleted (its task killed)
+// while a Pause pre-copies: the Pause fails, and nothing of the rounds is
+// left, nor any timer.
+func TestDeleteDuringRounds(t *testing.T) {
+	h := newHarness(t, map[string]string{settings.AnnotationRounds: "5"}, false)
+	h.tasks.preDumpStarted, h.tasks.preDumpGo = make(chan int), make(chan struct{})
+	paused := make(chan error)
+	go func() { paused <- h.pause() }()
+	<-h.tasks.preDumpStarted
+	deleted := make(chan error)
+	go func() { deleted <- h.delete() }()
+	waitFor(t, func() bool { return h.tasks.count("delete") == 1 })
+	close(h.tasks.preDumpGo)
+	if err := <-paused; err == nil || !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		t.Errorf("pause of a deleted task: %v, want not found", err)
+	}
+	if err := <-deleted; err != nil {
+		t.Fatal(err)
+	}
+	if left := h.roundsLeft(); len(left) != 0 || len(h.timers) != 0 || h.s.container(h.id) != nil {
+		t.Errorf("rounds left %v, timers %d, container kept %v", left, len(h.timers), h.s.container(h.id) != nil)
+	}
+}
+
+// TestDiscardTimer: a Pause no Checkpoint follows has its rounds
+// discarded when the timer fires; a timer that fires late, after its
+// rounds were taken and a new Pause made others, leaves those alone.
+func TestDiscardTimer(t *testing.T) {
+	h := newHarness(t, nil, false)
+	h.s.discardAfter = time.Minute
+	h.look()
+	if err := h.pause(); err != nil {
+		t.Fatal(err)
+	}
+	if h.timers[0].after != time.Minute {
+		t.Errorf("timer of %s, want the injected minute", h.timers[0].after)
+	}
+	h.timers[0].fire()
+	h.phaseIs(idle)
+	if left := h.roundsLeft(); len(left) != 0 {
+		t.Errorf("rounds left after the timer: %v", left)
+	}
+	report, err := h.checkpoint(&options.CheckpointOptions{})
+	if err != nil || report.PreCopied || !strings.Contains(report.Skipped, "PAUSED") {
+		t.Errorf("checkpoint after the discard: %+v, %v; want one-shot of the paused task", report, err)
+	}
+	if err := h.resume(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The race: Pause, Resume, Pause; then the first timer fires.
+	h.look()
+	if err := h.pause(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.resume(); err != nil {
+		t.Fatal(err)
+	}
+	h.look()
+	if err := h.pause(); err != nil {
+		t.Fatal(err)
+	}
+	late := h.timers[len(h.timers)-2]
+	late.fire()
+	h.phaseIs(paused)
+	if left := h.roundsLeft(); len(left) != 1 {
+		t.Fatalf("a late timer took the newer Pause's rounds: %v left", left)
+	}
+	report, err = h.checkpoint(&options.CheckpointOptions{})
+	if err != nil || !report.PreCopied {
+		t.Errorf("checkpoint on the newer rounds: %+v, %v", report, err)
+	}
+}
+
+// TestDiscardTimerReal: the shim's timers are real ones.
+func TestDiscardTimerReal(t *testing.T) {
+	fired := make(chan struct{})
+	New(nil, settings.Default()).afterFunc(time.Millisecond, func() { close(fired) })
+	<-fired
+}
+
+// TestExitModeDumpFailure: an exit-mode checkpoint of a running task
+// whose CRIU dies leaves the cgroup frozen: the shim thaws it and returns
+// the error.
+func TestExitModeDumpFailure(t *testing.T) {
+	for _, pause := range []bool{false, true} {
+		h := newHarness(t, map[string]string{settings.AnnotationMode: "never"}, false)
+		if pause {
+			h.look()
+			if err := h.pause(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h.tasks.failDump = true
+		if _, err := h.checkpoint(&options.CheckpointOptions{Exit: true}); err == nil || !strings.Contains(err.Error(), "criu failed") {
+			t.Errorf("paused %v: checkpoint error %v, want CRIU's", pause, err)
+		}
+		// The client's own pause stays; a cgroup CRIU froze is thawed.
+		frozen, _ := h.tasks.Frozen(h.ctx, h.id)
+		if frozen != pause || h.tasks.count("runc resume") != map[bool]int{false: 1, true: 0}[pause] {
+			t.Errorf("paused %v: frozen %v after the failed dump, calls %q", pause, frozen, h.tasks.called())
+		}
+	}
+}
+
+// TestPauseFailureDiscardsRounds: a Pause that pre-copied but could not
+// freeze the task keeps nothing.
+func TestPauseFailureDiscardsRounds(t *testing.T) {
+	h := newHarness(t, nil, false)
+	h.tasks.failPause = true
+	if err := h.pause(); err == nil {
+		t.Fatal("the failing pause succeeded")
+	}
+	if h.tasks.preDumps != 2 {
+		t.Errorf("%d rounds before the pause, want 2", h.tasks.preDumps)
+	}
+	h.phaseIs(idle)
+	if left := h.roundsLeft(); len(left) != 0 || len(h.timers) != 0 {
+		t.Errorf("rounds %v, timers %d", left, len(h.timers))
+	}
+}
+
+func TestPreCopySkipReasons(t *testing.T) {
+	for name, tc := range map[string]struct {
+		annotations map[string]string
+		softDirty   bool
+		want        string
+	}{
+		"mode never":    {map[string]string{settings.AnnotationMode: "never"}, true, `pre-copy mode is "never"`},
+		"no soft-dirty": {nil, false, "the kernel cannot track dirty memory: no soft-dirty"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, tc.annotations, false)
+			h.s.dirtyTracking = func() (bool, string) { return tc.softDirty, "no soft-dirty" }
+			if report := h.ctrCheckpoint(); report.PreCopied || report.Skipped != tc.want {
+				t.Errorf("skipped %q, want %q", report.Skipped, tc.want)
+			}
+		})
+	}
+}
+
+// TestCallsOfOtherContainers go to the runc-v2 service unchanged.
+func TestCallsOfOtherContainers(t *testing.T) {
+	h := newHarness(t, nil, false)
+	h.id = "other"
+	h.look()
+	if err := h.pause(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.checkpoint(&options.CheckpointOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.resume(); err != nil {
+		t.Fatal(err)
+	}
+	// An exec's State is not the task's.
+	if _, err := h.s.State(h.ctx, &taskAPI.StateRequest{ID: "c1", ExecID: "e1"}); err != nil || !h.s.container("c1").states.lastRunning().IsZero() {
+		t.Errorf("an exec's state was recorded as the task's: %v", err)
+	}
+	if err := h.delete(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"create", "pause", "checkpoint", "resume", "delete"}; !slices.Equal(h.tasks.called(), want) {
+		t.Errorf("calls %q, want %q", h.tasks.called(), want)
+	}
+	if h.s.container("c1") == nil {
+		t.Error("deleting another container forgot c1")
+	}
+}
+
+func TestCreateRefusesBadInput(t *testing.T) {
+	h := newHarness(t, nil, false)
+	bundle := t.TempDir()
+	if _, err := h.s.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: "c2", Bundle: bundle}); err == nil || !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) {
+		t.Errorf("create without a spec: %v, want invalid argument", err)
+	}
+	if _, err := h.s.Create(t.Context(), &taskAPI.CreateTaskRequest{ID: "c2", Bundle: h.container().bundle}); err == nil || !errdefs.IsFailedPrecondition(errgrpc.ToNative(err)) {
+		t.Errorf("create without a namespace: %v, want failed precondition", err)
+	}
+}
+
+// waitFor polls cond for up to a minute: it waits for another goroutine,
+// it does not time anything.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(time.Minute); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("condition never held")
+		}
+	}
+}

@@ -1,0 +1,118 @@
+//go:build linux
+
+package shim
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/runc/options"
+	apitask "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/precopy/precopy/precopy"
+)
+
+// runcHandle is what the shim does with a runc handle of its own: the
+// runc-v2 service keeps its handles private, and has no pre-dump.
+type runcHandle interface {
+	PreDump(ctx context.Context, id string, d precopy.Dirs) error
+	// Frozen says whether the container's cgroup is frozen.
+	Frozen(ctx context.Context, id string) (bool, error)
+	Thaw(ctx context.Context, id string) error
+}
+
+// taskRuntime is a container's runtime as the engine uses it: the runc-v2
+// service for its processes and status, a runc handle of the shim's own
+// for pre-dumps and for thawing what a dead CRIU left frozen. Its calls
+// come from the engine, under the container's mu.
+type taskRuntime struct {
+	s *Service
+	c *container
+}
+
+func (rt *taskRuntime) runc() (runcHandle, error) {
+	return rt.s.newRunc(rt.c.bundle, rt.c.namespace)
+}
+
+func (rt *taskRuntime) PreDump(ctx context.Context, d precopy.Dirs) error {
+	r, err := rt.runc()
+	if err != nil {
+		return err
+	}
+	return r.PreDump(ctx, rt.c.id, d)
+}
+
+func (rt *taskRuntime) Pids(ctx context.Context) ([]int, error) {
+	resp, err := rt.s.TTRPCTaskService.Pids(ctx, &taskAPI.PidsRequest{ID: rt.c.id})
+	if err != nil {
+		return nil, errgrpc.ToNative(err)
+	}
+	pids := make([]int, len(resp.Processes))
+	for i, p := range resp.Processes {
+		pids[i] = int(p.Pid)
+	}
+	return pids, nil
+}
+
+// ThawIfLeftFrozen thaws the container when containerd holds it running
+// but its cgroup is frozen: a CRIU that froze it to dump and died before
+// thawing it. A pause the client asked for shows as paused, and stays.
+// The container's calls are serialised (mu), so a frozen cgroup of a
+// running task is CRIU's.
+func (rt *taskRuntime) ThawIfLeftFrozen(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	l := log.G(ctx).WithField("id", rt.c.id)
+	st, err := rt.s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: rt.c.id})
+	if err != nil || st.Status != apitask.Status_RUNNING {
+		return
+	}
+	r, err := rt.runc()
+	if err == nil {
+		var frozen bool
+		if frozen, err = r.Frozen(ctx, rt.c.id); err == nil && frozen {
+			err = r.Thaw(ctx, rt.c.id)
+			if err == nil {
+				l.Warn("precopy: thawed the container a failed CRIU dump left frozen")
+			}
+		}
+	}
+	if err != nil {
+		l.WithError(err).Error("precopy: after a failed CRIU dump the container may be frozen, and checking or thawing it failed")
+	}
+}
+
+// taskDump is one checkpoint's final dump through the runc-v2 service:
+// the client's request with its options, and the parent the engine gives.
+type taskDump struct {
+	svc      taskAPI.TTRPCTaskService
+	id, path string
+	opts     *options.CheckpointOptions
+}
+
+func (d *taskDump) Dump(ctx context.Context, parent string) error {
+	opts := proto.Clone(d.opts).(*options.CheckpointOptions)
+	opts.ParentPath = parent
+	any, err := typeurl.MarshalAnyToProto(opts)
+	if err != nil {
+		return fmt.Errorf("checkpoint options: %w", err)
+	}
+	_, err = d.svc.Checkpoint(ctx, &taskAPI.CheckpointTaskRequest{ID: d.id, Path: d.path, Options: any})
+	return errgrpc.ToNative(err)
+}
+
+// namespaceOf is the containerd namespace of a request.
+func namespaceOf(ctx context.Context) (string, error) {
+	ns, ok := namespaces.Namespace(ctx)
+	if !ok {
+		return "", fmt.Errorf("no namespace in request")
+	}
+	return ns, nil
+}
