@@ -31,8 +31,8 @@ func checkReport(t *testing.T, e *Engine, cp Checkpoint, got *Report) {
 	if _, err := os.Lstat(filepath.Join(cp.ImageDir, "parent")); !os.IsNotExist(err) {
 		t.Errorf("the image has a parent link: %v", err)
 	}
-	if entries, _ := os.ReadDir(e.Dir); len(entries) != 0 {
-		t.Errorf("rounds left after the checkpoint: %v", entries)
+	if _, err := os.Stat(e.Dir); !os.IsNotExist(err) {
+		t.Errorf("rounds left after the checkpoint: %v", err)
 	}
 }
 
@@ -87,8 +87,8 @@ func TestCheckpointCannotConvergeIsOneShot(t *testing.T) {
 	if r.PreCopied() || r.Report.PreCopied || !strings.Contains(r.Report.Skipped, "cannot-converge after 2 rounds") || len(r.Report.Rounds) != 2 {
 		t.Fatalf("report %+v, want one-shot after 2 rounds for cannot-converge", r.Report)
 	}
-	if entries, _ := os.ReadDir(e.Dir); len(entries) != 0 {
-		t.Errorf("dropped rounds left %v", entries)
+	if _, err := os.Stat(e.Dir); !os.IsNotExist(err) {
+		t.Errorf("dropped rounds left: %v", err)
 	}
 	report, err := e.Checkpoint(t.Context(), r, f.checkpoint)
 	if err != nil {

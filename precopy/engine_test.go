@@ -45,8 +45,8 @@ func TestPreCopyChainsRoundsAndFlattensWhileRunning(t *testing.T) {
 	if err := r.Discard(); err != nil {
 		t.Fatal(err)
 	}
-	if entries, _ := os.ReadDir(e.Dir); len(entries) != 0 || r.PreCopied() {
-		t.Errorf("rounds not discarded: %v", entries)
+	if _, err := os.Stat(e.Dir); !os.IsNotExist(err) || r.PreCopied() {
+		t.Errorf("rounds not discarded: %v", err)
 	}
 }
 
@@ -60,8 +60,8 @@ func TestPreCopyFailedRoundThawsAndLeavesNothing(t *testing.T) {
 	if f.thawChecks != 1 {
 		t.Errorf("%d checks for a cgroup CRIU left frozen, want 1", f.thawChecks)
 	}
-	if entries, _ := os.ReadDir(e.Dir); len(entries) != 0 {
-		t.Errorf("a failed pre-copy left %v", entries)
+	if _, err := os.Stat(e.Dir); !os.IsNotExist(err) {
+		t.Errorf("a failed pre-copy left its dir: %v", err)
 	}
 }
 

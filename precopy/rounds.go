@@ -1,6 +1,9 @@
 package precopy
 
-import "os"
+import (
+	"os"
+	"path/filepath"
+)
 
 // Rounds is what pre-copy leaves for a checkpoint's final dump: the report
 // so far (the rounds' statistics and why they stopped, or why there are
@@ -18,15 +21,22 @@ type Rounds struct {
 // PreCopied says whether the rounds hold an image for the final dump.
 func (r *Rounds) PreCopied() bool { return r.image != "" }
 
-// Discard removes the rounds' images; the report stays. The checkpoint
-// they were made for, if it still comes, is one-shot.
+// Discard removes the rounds' images, and the engine's dir once no rounds
+// are left in it, so nothing of pre-copy stays in the bundle; the report
+// stays. The checkpoint they were made for, if it still comes, is
+// one-shot.
 func (r *Rounds) Discard() error {
 	dir := r.dir
 	r.image, r.dir = "", ""
 	if dir == "" {
 		return nil
 	}
-	return os.RemoveAll(dir)
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	// Fails, as it should, while other rounds are there.
+	os.Remove(filepath.Dir(dir))
+	return nil
 }
 
 // discard is Discard with its error logged: nothing waits for it.

@@ -387,10 +387,14 @@ func (h *harness) ctrCheckpoint() *precopy.Report {
 	return report
 }
 
-// roundsLeft lists what pre-copy left in the bundle.
+// roundsLeft lists what pre-copy left in the bundle; nil when it left
+// not even its dir.
 func (h *harness) roundsLeft() []string {
-	entries, _ := os.ReadDir(h.rounds)
-	var names []string
+	entries, err := os.ReadDir(h.rounds)
+	if err != nil {
+		return nil
+	}
+	names := []string{}
 	for _, e := range entries {
 		names = append(names, e.Name())
 	}

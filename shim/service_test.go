@@ -44,7 +44,7 @@ func TestPauseCheckpointResume(t *testing.T) {
 	if d := h.tasks.dumpOpts; len(d) != 1 || !strings.HasPrefix(d[0].ParentPath, "../") || d[0].WorkPath == "" {
 		t.Errorf("final dump options %+v: want one dump on the rounds, in the shim's work dir", d)
 	}
-	if !h.timers[0].stopped || len(h.roundsLeft()) != 0 {
+	if !h.timers[0].stopped || h.roundsLeft() != nil {
 		t.Errorf("after the checkpoint: timer stopped %v, rounds left %v", h.timers[0].stopped, h.roundsLeft())
 	}
 	h.phaseIs(idle)
@@ -106,7 +106,7 @@ func TestResumeDuringRounds(t *testing.T) {
 	if want := []string{"create", "pause", "resume"}; !slices.Equal(h.tasks.called(), want) {
 		t.Errorf("calls %q, want %q", h.tasks.called(), want)
 	}
-	if left := h.roundsLeft(); len(left) != 0 || !h.timers[0].stopped {
+	if left := h.roundsLeft(); left != nil || !h.timers[0].stopped {
 		t.Errorf("rounds left %v, timer stopped %v", left, h.timers[0].stopped)
 	}
 	h.phaseIs(idle)
@@ -131,7 +131,7 @@ func TestDeleteDuringRounds(t *testing.T) {
 	if err := <-deleted; err != nil {
 		t.Fatal(err)
 	}
-	if left := h.roundsLeft(); len(left) != 0 || len(h.timers) != 0 || h.s.container(h.id) != nil {
+	if left := h.roundsLeft(); left != nil || len(h.timers) != 0 || h.s.container(h.id) != nil {
 		t.Errorf("rounds left %v, timers %d, container kept %v", left, len(h.timers), h.s.container(h.id) != nil)
 	}
 }
@@ -151,7 +151,7 @@ func TestDiscardTimer(t *testing.T) {
 	}
 	h.timers[0].fire()
 	h.phaseIs(idle)
-	if left := h.roundsLeft(); len(left) != 0 {
+	if left := h.roundsLeft(); left != nil {
 		t.Errorf("rounds left after the timer: %v", left)
 	}
 	report, err := h.checkpoint(&options.CheckpointOptions{})
@@ -229,7 +229,7 @@ func TestPauseFailureDiscardsRounds(t *testing.T) {
 		t.Errorf("%d rounds before the pause, want 2", h.tasks.preDumps)
 	}
 	h.phaseIs(idle)
-	if left := h.roundsLeft(); len(left) != 0 || len(h.timers) != 0 {
+	if left := h.roundsLeft(); left != nil || len(h.timers) != 0 {
 		t.Errorf("rounds %v, timers %d", left, len(h.timers))
 	}
 }
