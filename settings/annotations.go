@@ -105,18 +105,21 @@ var known = map[string]setting{
 		s.Policy.MinSize, err = ParseBytes(v)
 		return err
 	}},
-	AnnotationEarlyThaw: {fmt.Sprintf("%q, %q or %q", EarlyThawAuto, EarlyThawNever, EarlyThawForce), func(s *Settings, v string) (err error) {
-		if s.EarlyThaw, err = parseEarlyThaw(v); err != nil {
-			return errSilent
-		}
-		return nil
+	AnnotationEarlyThaw: {alternatives(earlyThaws), func(s *Settings, v string) error {
+		return choose(&s.EarlyThaw, v, earlyThaws)
 	}},
-	AnnotationMode: {fmt.Sprintf("%q, %q or %q", ModeAlways, ModeNever, ModeAnnotated), func(s *Settings, v string) (err error) {
-		if s.Mode, err = parseMode(v); err != nil {
-			return errSilent
-		}
-		return nil
+	AnnotationMode: {alternatives(modes), func(s *Settings, v string) error {
+		return choose(&s.Mode, v, modes)
 	}},
+}
+
+// choose sets *dst to v if v is one of values.
+func choose[T ~string](dst *T, v string, values []T) error {
+	if !slices.Contains(values, T(v)) {
+		return errSilent
+	}
+	*dst = T(v)
+	return nil
 }
 
 // errSilent marks a parse failure whose cause adds nothing to the want.

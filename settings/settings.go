@@ -5,7 +5,8 @@
 package settings
 
 import (
-	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/precopy/precopy/precopy/policy"
 )
@@ -13,30 +14,19 @@ import (
 // Mode says when a container's checkpoints pre-copy.
 type Mode string
 
-// The modes: always (where the kernel can), never (one-shot, as stock
-// runc-v2), or, as the config file's default only, annotated: just the
-// containers whose io.precopy.mode says always.
-const (
-	ModeAlways    Mode = "always"
-	ModeNever     Mode = "never"
-	ModeAnnotated Mode = "annotated"
-)
-
-func parseMode(s string) (Mode, error) {
-	switch m := Mode(s); m {
-	case ModeAlways, ModeNever, ModeAnnotated:
-		return m, nil
-	}
-	return "", fmt.Errorf("mode %q: not %q, %q or %q", s, ModeAlways, ModeNever, ModeAnnotated)
-}
-
 // EarlyThaw says when the shim may thaw a container right after the final
 // dump of a checkpoint, before the daemon has stored the image and diffed
 // the container's writable layer.
 type EarlyThaw string
 
-// The values of io.precopy.early-thaw.
 const (
+	// The modes: always (where the kernel can), never (one-shot, as stock
+	// runc-v2), or, as the config file's default only, annotated: just
+	// the containers whose io.precopy.mode says always.
+	ModeAlways    Mode = "always"
+	ModeNever     Mode = "never"
+	ModeAnnotated Mode = "annotated"
+
 	// EarlyThawAuto thaws early only when the writable layer the daemon
 	// diffs cannot disagree with the memory image: a read-only rootfs, or
 	// a writable one pinned for the diff.
@@ -51,12 +41,19 @@ const (
 	EarlyThawForce EarlyThaw = "force"
 )
 
-func parseEarlyThaw(s string) (EarlyThaw, error) {
-	switch e := EarlyThaw(s); e {
-	case EarlyThawAuto, EarlyThawNever, EarlyThawForce:
-		return e, nil
+// The values each setting may take.
+var (
+	modes      = []Mode{ModeAlways, ModeNever, ModeAnnotated}
+	earlyThaws = []EarlyThaw{EarlyThawAuto, EarlyThawNever, EarlyThawForce}
+)
+
+// alternatives lists values for a message: "a", "b" or "c".
+func alternatives[T ~string](values []T) string {
+	q := make([]string, len(values))
+	for i, v := range values {
+		q[i] = strconv.Quote(string(v))
 	}
-	return "", fmt.Errorf("early thaw %q: not %q, %q or %q", s, EarlyThawAuto, EarlyThawNever, EarlyThawForce)
+	return strings.Join(q[:len(q)-1], ", ") + " or " + q[len(q)-1]
 }
 
 // DefaultPrecopydAddress is where the shim asks precopyd to pin a

@@ -5,7 +5,12 @@ package shim
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 
 	"github.com/precopy/precopy/settings"
 )
@@ -49,5 +54,18 @@ func TestCRIUConfigName(t *testing.T) {
 		if got := configName(lines); got != want {
 			t.Errorf("configName(%q) = %q, want %q", lines, got, want)
 		}
+	}
+}
+
+func TestBadConfigFailsCreate(t *testing.T) {
+	config := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(config, []byte(`mode = "sometimes"`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PRECOPY_CONFIG", config)
+	s := NewFromConfig(nil) // Create must refuse before it reaches the runc-v2 service
+	_, err := s.Create(t.Context(), &taskAPI.CreateTaskRequest{ID: "c1"})
+	if err == nil || !strings.Contains(err.Error(), "io.precopy.mode") || !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) {
+		t.Fatalf("create with a bad config file: %v; want InvalidArgument naming the setting", err)
 	}
 }
