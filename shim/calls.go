@@ -22,7 +22,7 @@ import (
 // pause is Pause of a container the shim serves: pre-copy, then freeze.
 func (s *Service) pause(ctx context.Context, c *container, r *taskAPI.PauseRequest) (*ptypes.Empty, error) {
 	p := pauseRecord{arrived: s.now(), lookedAt: c.states.lastRunning()}
-	if !c.spec.readonlyRootfs && c.settings.EarlyThaw != settings.EarlyThawNever {
+	if c.mayThawWritable() {
 		// A client may diff the writable layer between its Pause and its
 		// Checkpoint: the early-thaw window grows with the layer, measured
 		// while the task runs.
@@ -44,7 +44,7 @@ func (s *Service) pause(ctx context.Context, c *container, r *taskAPI.PauseReque
 	resp, err := s.TTRPCTaskService.Pause(ctx, r)
 	if err != nil {
 		if rounds != nil {
-			rounds.Discard()
+			rounds.Discard() // nothing else holds them; a failure leaves only files in the bundle
 		}
 		return nil, err
 	}

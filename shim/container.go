@@ -17,18 +17,16 @@ import (
 // phase is where a container stands in a checkpoint. Its transitions are
 // the methods below, called with the container's mu held:
 //
-//	         Pause (pre-copies)          Checkpoint
-//	idle ─────────────────────▶ paused ─────────────▶ idle, or thawedEarly
-//	 ▲                            │                        │
-//	 └── Resume, Delete, the ─────┘                        │
-//	 │   discard timer                                     │
-//	 └───────────── Resume (a no-op), Pause, Delete ───────┘
+//	                   Pause (pre-copies, freezes)         Checkpoint
+//	idle, thawedEarly ────────────────────────────▶ paused ──────────▶ idle, or thawedEarly
+//	idle ◀──────────── Resume, Delete, the discard timer ───┘
+//	idle ◀──────────── Resume (a no-op), Delete ─── thawedEarly
 //
 // A Pause that finds the container paused leaves its phase; a Checkpoint
 // without a Pause before it (a running task) pre-copies and dumps within
-// the call and goes from idle to idle. Orthogonal to the phase, a pin of
-// the writable layer taken for an early thaw is held until the client's
-// Resume, the next Pause or Delete releases it (pin).
+// the call. Orthogonal to the phase, a pin of the writable layer taken for
+// an early thaw is held until the client's Resume, the next Pause or
+// Delete releases it (pin.go).
 type phase int
 
 const (

@@ -173,6 +173,18 @@ func (c *container) earlyThaw(exit bool, now time.Time) (thawDecision, *precopy.
 	return thawIfPinned, t
 }
 
+// mayThawWritable says whether a checkpoint of c could thaw it early with
+// its writable layer still to be diffed: then the layer's size matters.
+func (c *container) mayThawWritable() bool {
+	switch {
+	case c.spec.readonlyRootfs || c.settings.EarlyThaw == settings.EarlyThawNever:
+		return false
+	case c.settings.EarlyThaw == settings.EarlyThawForce:
+		return true
+	}
+	return c.pinner != nil
+}
+
 // layerSize is the bytes of the regular files in the writable layer upper
 // ("": 0). Walked while the task runs, before a Pause freezes it.
 func layerSize(upper string) int64 {
