@@ -121,7 +121,7 @@ func (f *finalDump) onRounds(ctx context.Context, r *Rounds) error {
 	// over the last round's pages instead of copying them, where the page
 	// layout allows.
 	start := f.e.Now()
-	res, err := f.e.Flatten(f.cp.ImageDir)
+	res, err := f.e.Flatten(f.cp.ImageDir, r.dir)
 	if res.TakeoverRefused != "" && !f.e.warnedCopiedFlatten {
 		f.e.warnedCopiedFlatten = true
 		f.e.Log.Warnf("precopy: the final flatten copies the rounds' pages instead of taking them over (%s); put containerd's checkpoint temp dir ($XDG_RUNTIME_DIR or $TMPDIR) on the filesystem of its state dir (see README)", res.TakeoverRefused)

@@ -50,10 +50,11 @@ type Dirs struct {
 // StatsReader reads the statistics CRIU left in a dump's work dir.
 type StatsReader func(workDir string) (policy.Round, error)
 
-// Flattener makes an image dir stand alone, resolving its parent link.
-// The engine removes the parent right after, whatever the outcome, so a
-// Flattener may consume the parent (imagechain.FlattenConsuming).
-type Flattener func(dir string) (imagechain.Result, error)
+// Flattener makes an image dir stand alone, resolving its parent link,
+// whose chain must stay within the dir holding the rounds. The engine
+// removes the parent right after, whatever the outcome, so a Flattener may
+// consume it (imagechain.FlattenConsuming).
+type Flattener func(dir, within string) (imagechain.Result, error)
 
 // Logger takes the engine's log lines (containerd's log entry has these
 // methods; the engine does not import it).
@@ -95,8 +96,15 @@ type Engine struct {
 func New(rt Runtime, cfg policy.Config, mode, dir string, log Logger) *Engine {
 	return &Engine{
 		Runtime: rt, Policy: cfg, Mode: mode, Dir: dir, Log: log,
-		Stats: ReadDumpStats, Flatten: imagechain.FlattenConsuming, Now: time.Now,
+		Stats: ReadDumpStats, Flatten: flattenConsuming, Now: time.Now,
 	}
+}
+
+// flattenConsuming flattens dir, taking its parent's pages over; the
+// images are untrusted input, so the chain must stay within the rounds'
+// dir.
+func flattenConsuming(dir, within string) (imagechain.Result, error) {
+	return imagechain.FlattenConsuming(dir, imagechain.Within(within))
 }
 
 // minRoundsTime is the least time worth starting pre-copy with under a
@@ -258,7 +266,7 @@ func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, err
 	// parent stands alone and the frozen flatten resolves one level only.
 	if d.Parent != "" {
 		f := e.Now()
-		if _, err := e.Flatten(d.Image); err != nil {
+		if _, err := e.Flatten(d.Image, r.dir); err != nil {
 			return policy.Round{}, fmt.Errorf("flatten: %w", err)
 		}
 		round.Flatten = e.Now().Sub(f)

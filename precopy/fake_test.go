@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,10 +106,18 @@ func readStats(work string) (policy.Round, error) {
 	return r, err
 }
 
-// flattenParent is a Flattener that removes the parent link, failing for
-// dirs named failOn ("": none).
+// flattenParent is a Flattener that removes the parent link, after
+// checking that it leads within the bound, failing for dirs named failOn
+// ("": none).
 func flattenParent(failOn string) Flattener {
-	return func(dir string) (imagechain.Result, error) {
+	return func(dir, within string) (imagechain.Result, error) {
+		target, err := os.Readlink(filepath.Join(dir, "parent"))
+		if err != nil {
+			return imagechain.Result{}, err
+		}
+		if parent := filepath.Join(dir, target); !strings.HasPrefix(parent, within+"/") {
+			return imagechain.Result{}, fmt.Errorf("parent %s outside %s", parent, within)
+		}
 		if failOn != "" && filepath.Base(dir) == failOn {
 			return imagechain.Result{TakeoverRefused: "a test"}, errors.New("bad pagemap")
 		}

@@ -289,7 +289,7 @@ func newHarness(t *testing.T, annotations map[string]string, readonly bool) *har
 		e.Stats = func(string) (policy.Round, error) {
 			return policy.Round{PagesWritten: 1, Frozen: time.Millisecond}, nil
 		}
-		e.Flatten = func(dir string) (imagechain.Result, error) {
+		e.Flatten = func(dir, _ string) (imagechain.Result, error) {
 			return imagechain.Result{Flattened: true}, os.Remove(filepath.Join(dir, "parent"))
 		}
 		return e
