@@ -18,7 +18,7 @@ import (
 	"github.com/precopy/precopy/integration/harness"
 	"github.com/precopy/precopy/integration/workload"
 	"github.com/precopy/precopy/precopy"
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 )
 
 // lowMinSize lets the tests' 32 MiB workload pre-copy (the policy's

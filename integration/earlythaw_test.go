@@ -15,7 +15,7 @@ import (
 	"github.com/precopy/precopy/integration/harness"
 	"github.com/precopy/precopy/integration/workload"
 	"github.com/precopy/precopy/precopy"
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 

@@ -18,7 +18,7 @@ import (
 
 	"github.com/precopy/precopy/integration/harness"
 	"github.com/precopy/precopy/precopy/policy"
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 

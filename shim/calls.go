@@ -16,7 +16,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 
 	"github.com/precopy/precopy/precopy"
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 )
 
 // pause is Pause of a container the shim serves: pre-copy, then freeze.

@@ -11,7 +11,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/precopy/precopy/precopy"
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 )
 
 // phase is where a container stands in a checkpoint. Its transitions are

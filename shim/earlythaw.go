@@ -15,7 +15,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/precopy/precopy/precopy"
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 )
 
 // An early thaw runs the container again right after its final dump,

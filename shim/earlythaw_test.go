@@ -13,7 +13,7 @@ import (
 	"github.com/containerd/containerd/api/types/runc/options"
 	apitask "github.com/containerd/containerd/api/types/task"
 
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 )
 
 // TestEarlyThawOwnPause: a checkpoint's own pause (a look at the running

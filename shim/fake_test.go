@@ -27,7 +27,7 @@ import (
 	"github.com/precopy/precopy/precopy"
 	"github.com/precopy/precopy/precopy/imagechain"
 	"github.com/precopy/precopy/precopy/policy"
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 )
 
 // fakeTasks is the runc-v2 task service for one container, and the runc

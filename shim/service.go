@@ -29,7 +29,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/precopy/precopy/precopy"
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 )
 
 // discardAfter is how long the rounds of a pre-copying Pause wait for the

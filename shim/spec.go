@@ -8,7 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 )
 
 // specFacts are what the shim needs to know of a container's OCI spec

@@ -12,7 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 )
 
 // TestSpecFacts reads what the shim needs of a container's OCI spec: a

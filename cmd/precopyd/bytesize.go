@@ -5,7 +5,7 @@ import (
 
 	units "github.com/docker/go-units"
 
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 )
 
 // byteSize is a flag.Value for a byte count, read by precopy's one

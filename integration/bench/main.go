@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/precopy/precopy/integration/harness"
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 

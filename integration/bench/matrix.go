@@ -13,7 +13,7 @@ import (
 
 	"github.com/precopy/precopy/integration/benchresults"
 	"github.com/precopy/precopy/integration/harness"
-	"github.com/precopy/precopy/settings"
+	"github.com/precopy/precopy/precopy/settings"
 )
 
 // The matrix's workloads: memload's dirtying flags.
