@@ -8,6 +8,10 @@
 #                         the CSV, the markdown table and the plots
 #   bench.sh SCENARIO     one scenario; its LAST line is the summary
 #
+# With BENCH_NATIVE=1 (make bench BENCH_NATIVE=1 SCENARIO=...) a scenario
+# runs on this kernel even without soft-dirty: precopy's checkpoints are then
+# one-shot with early thaw, which is what that figure measures.
+#
 # Extra arguments go to the bench (e.g. -runs 5, or -sizes 64,256 for a
 # shorter matrix). Ctrl-C stops it: the VM (or, natively, the bench's
 # containerd and containers) is torn down and nothing is rendered.
@@ -24,6 +28,10 @@ commit=$(git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
 go build -ldflags "-X main.commit=$commit" -o _output/bench ./integration/bench
 
 run() {
+	if [ "${BENCH_NATIVE:-}" = 1 ]; then
+		_output/bench -native "$@"
+		return
+	fi
 	if criu check --feature mem_dirty_track >/dev/null 2>&1; then
 		_output/bench "$@"
 		return

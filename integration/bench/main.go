@@ -67,12 +67,16 @@ var scenarios = map[string]scenario{
 	},
 }
 
-var logDir *string
+var (
+	logDir *string
+	native *bool
+)
 
 func main() {
 	scenario := flag.String("scenario", "low-dirty-256m", "one of: "+strings.Join(names(), ", "))
 	runs := flag.Int("runs", 3, "checkpoints per configuration (per cell with -matrix)")
 	logDir = flag.String("logs", "", "copy CRIU's log of each final dump into this dir")
+	native = flag.Bool("native", false, "measure on this kernel even if it cannot track dirty memory: precopy's checkpoints are then one-shot, with early thaw (make bench BENCH_NATIVE=1)")
 	matrix := flag.Bool("matrix", false, "measure the full matrix (sizes x workloads x configurations), a row per checkpoint")
 	sizes := flag.String("sizes", "64,256,1024", "-matrix: memory sizes in MiB")
 	storageSizes := flag.String("storage-sizes", "256", "-matrix: memory sizes in MiB measured again on precopyd's content store and snapshotter (low workload, stock and adaptive); \"\" for none")
@@ -138,8 +142,9 @@ func names() []string {
 }
 
 func run(ctx context.Context, name string, sc scenario, runs int) (retErr error) {
-	if ok, why := harness.SoftDirty(ctx); !ok {
-		return fmt.Errorf("%s (make bench runs in the soft-dirty VM)", why)
+	softDirty, why := harness.SoftDirty(ctx)
+	if !softDirty && !*native {
+		return fmt.Errorf("%s (make bench runs in the soft-dirty VM; -native measures one-shot checkpoints here)", why)
 	}
 	var env *harness.Env
 	var err error
@@ -162,8 +167,12 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 	if sc.cri {
 		cri = "true (pods with their own network namespace)"
 	}
-	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %s; precopyd content store and snapshotter %v; kernel %s; %d runs per configuration, alternating; %s; commit %s\n",
-		name, strings.Join(sc.args, " "), sc.annotations, cri, sc.precopyd, strings.TrimSpace(string(kernel)), runs, time.Now().UTC().Format(time.RFC3339), commit)
+	tier := "pre-copy (soft-dirty)"
+	if !softDirty {
+		tier = "native, no soft-dirty: precopy is one-shot with early thaw"
+	}
+	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %s; precopyd content store and snapshotter %v; kernel %s (%s); %d runs per configuration, alternating; %s; commit %s\n",
+		name, strings.Join(sc.args, " "), sc.annotations, cri, sc.precopyd, strings.TrimSpace(string(kernel)), tier, runs, time.Now().UTC().Format(time.RFC3339), commit)
 
 	measure := func(id string, precopy bool, args []string) (harness.Measurement, error) {
 		return measureCtr(ctx, d, id, precopy, args, sc.annotations)
