@@ -59,6 +59,11 @@ var scenarios = map[string]scenario{
 	// snapshotter; precopy thaws early on a pinned writable layer.
 	"low-dirty-256m-precopyd": {args: []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"}, precopyd: true},
 	"low-dirty-1g-precopyd":   {args: []string{"-mib", "1024", "-dirty-mibps", "16", "-hot", "0.1"}, precopyd: true},
+	// A writable layer of 256 MiB (a file gzip cannot shrink) beside
+	// 64 MiB of memory: what a client that diffs the rw layer inside the
+	// pause (ctr, the bench's client) pays for it, and what a pin of it
+	// costs (or why it is not pinned).
+	"rw-layer-256m": {args: []string{"-mib", "64", "-dirty-mibps", "4", "-hot", "0.1", "-rootfs-mib", "256"}},
 	// precopy thaws the container right after its final dump (opted in:
 	// the workload's rootfs is writable).
 	"low-dirty-256m-early-thaw": {

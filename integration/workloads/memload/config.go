@@ -20,7 +20,15 @@ type config struct {
 	tick        time.Duration
 	statusPath  string
 	statusEvery time.Duration
+	// rootfsMiB is the size of a file of pseudo-random bytes written
+	// into the rootfs at start (rootfsDataPath), before the memory is
+	// ready: a writable layer of that size, which gzip cannot shrink,
+	// for what a client's rw-layer diff and a pin of it cost.
+	rootfsMiB int
 }
+
+// rootfsDataPath is where -rootfs-mib writes its file.
+const rootfsDataPath = "/rootfs-data"
 
 func parseConfig(args []string) (config, error) {
 	var c config
@@ -32,6 +40,7 @@ func parseConfig(args []string) (config, error) {
 	fs.DurationVar(&c.tick, "tick", 10*time.Millisecond, "loop period")
 	fs.StringVar(&c.statusPath, "status", defaultStatusPath, "status file")
 	fs.DurationVar(&c.statusEvery, "status-every", 200*time.Millisecond, "how often the status file is rewritten")
+	fs.IntVar(&c.rootfsMiB, "rootfs-mib", 0, "MiB of pseudo-random bytes to write to "+rootfsDataPath+" at start (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -53,6 +62,8 @@ func (c config) validate() error {
 		return fmt.Errorf("-tick %v: must be positive", c.tick)
 	case c.statusEvery <= 0:
 		return fmt.Errorf("-status-every %v: must be positive", c.statusEvery)
+	case c.rootfsMiB < 0:
+		return fmt.Errorf("-rootfs-mib %d: must not be negative", c.rootfsMiB)
 	case c.statusPath == "":
 		return errors.New("-status: must not be empty")
 	}
@@ -60,6 +71,6 @@ func (c config) validate() error {
 }
 
 func (c config) String() string {
-	return fmt.Sprintf("mib=%d dirty_mibps=%g hot=%g seed=%d tick=%s status=%s status_every=%s",
-		c.mib, c.dirtyMiBps, c.hot, c.seed, c.tick, c.statusPath, c.statusEvery)
+	return fmt.Sprintf("mib=%d dirty_mibps=%g hot=%g seed=%d tick=%s status=%s status_every=%s rootfs_mib=%d",
+		c.mib, c.dirtyMiBps, c.hot, c.seed, c.tick, c.statusPath, c.statusEvery, c.rootfsMiB)
 }

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/signal"
 	"syscall"
@@ -49,6 +51,9 @@ func runWorkload(args []string) error {
 		return err
 	}
 	mem.Fill()
+	if err := writeRootfsData(rootfsDataPath, cfg.rootfsMiB, cfg.seed); err != nil {
+		return err
+	}
 	return newLoop(cfg, mem, startedAt).run(requests)
 }
 
@@ -206,4 +211,28 @@ func (l *loop) checkStatusFile() {
 
 func milliseconds(d time.Duration) float64 {
 	return float64(d) / float64(time.Millisecond)
+}
+
+// writeRootfsData writes mib MiB of pseudo-random bytes (from seed) to
+// path; nothing for 0.
+func writeRootfsData(path string, mib int, seed uint64) error {
+	if mib == 0 {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("-rootfs-mib: %w", err)
+	}
+	rng := rand.New(rand.NewPCG(seed, 0x726f6f7466730a))
+	buf := make([]byte, 1<<20)
+	for range mib {
+		for i := 0; i < len(buf); i += 8 {
+			binary.LittleEndian.PutUint64(buf[i:], rng.Uint64())
+		}
+		if _, err := f.Write(buf); err != nil {
+			f.Close()
+			return fmt.Errorf("-rootfs-mib: %w", err)
+		}
+	}
+	return f.Close()
 }
