@@ -83,8 +83,8 @@ type container struct {
 func (s *Service) newContainer(r *taskAPI.CreateTaskRequest, ns string, cs settings.Settings, spec specFacts) *container {
 	c := &container{id: r.ID, bundle: r.Bundle, namespace: ns, settings: cs, spec: spec, upper: writableLayer(r.Rootfs)}
 	c.engine = s.engineFor(c, &taskRuntime{s: s, c: c})
-	if c.upper != "" && !spec.readonlyRootfs && cs.PrecopydAddress != "" {
-		c.pinner = s.pinnerFor(cs.PrecopydAddress)
+	if c.upper != "" && !spec.readonlyRootfs && cs.PinLimit > 0 {
+		c.pinner = s.layerPinnerFor(c)
 	}
 	return c
 }

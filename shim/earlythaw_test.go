@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runc/options"
 	apitask "github.com/containerd/containerd/api/types/task"
@@ -143,7 +144,7 @@ func TestEarlyThawDecision(t *testing.T) {
 		reasonHas string
 	}{
 		{"read-only rootfs", settings.EarlyThawAuto, true, "", nil, false, thawYes, "read-only"},
-		{"writable rootfs, no pinner", settings.EarlyThawAuto, false, "/u", nil, false, thawNo, "no precopyd"},
+		{"writable rootfs, no pinner", settings.EarlyThawAuto, false, "/u", nil, false, thawNo, "pins are off"},
 		{"writable rootfs, layer unknown", settings.EarlyThawAuto, false, "", &fakePinner{}, false, thawNo, "unknown"},
 		{"writable rootfs, pinner", settings.EarlyThawAuto, false, "/u", &fakePinner{}, false, thawIfPinned, "pinned"},
 		{"forced", settings.EarlyThawForce, false, "/u", nil, false, thawYes, "force"},
@@ -204,4 +205,41 @@ func TestWritableLayer(t *testing.T) {
 			t.Errorf("writableLayer(%v) = %q, want %q", tc.mounts, got, tc.want)
 		}
 	}
+}
+
+// TestDaemonStateAfterStart: the State containerd's tasks service sends
+// right after a task's Start (for the pid Start returns) is not a client
+// looking before it pauses: a Pause soon after a Start, without a look,
+// is a user's (containerd's TestCheckpointOnPauseStatus pauses a task it
+// has just started and checkpoints it); a client's look later counts.
+func TestDaemonStateAfterStart(t *testing.T) {
+	start := func(h *harness) {
+		h.t.Helper()
+		if _, err := h.s.Start(h.ctx, &taskAPI.StartRequest{ID: h.id}); err != nil {
+			h.t.Fatal(err)
+		}
+		h.look() // the daemon's, for the pid
+	}
+	t.Run("no look", func(t *testing.T) {
+		h := newHarness(t, nil, true)
+		start(h)
+		if err := h.pause(); err != nil {
+			t.Fatal(err)
+		}
+		report, err := h.checkpoint(&options.CheckpointOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if th := report.Thaw; th.Early || !strings.Contains(th.Reason, "no client looked") {
+			t.Errorf("thaw %+v, want none: a user's pause", th)
+		}
+	})
+	t.Run("a client's look", func(t *testing.T) {
+		h := newHarness(t, nil, true)
+		start(h)
+		h.now = h.now.Add(startQuery)
+		if th := h.pausedCheckpoint().Thaw; !th.Early {
+			t.Errorf("thaw %+v, want early: the client looked, then paused", th)
+		}
+	})
 }

@@ -86,6 +86,11 @@ func (f *fakeTasks) Create(_ context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	return &taskAPI.CreateTaskResponse{Pid: uint32(os.Getpid())}, nil
 }
 
+func (f *fakeTasks) Start(_ context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	f.record("start")
+	return &taskAPI.StartResponse{Pid: uint32(os.Getpid())}, nil
+}
+
 func (f *fakeTasks) State(_ context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -215,16 +220,27 @@ type fakePinner struct {
 	mu                 sync.Mutex
 	pinned             map[string]bool
 	failPin, failUnpin bool
+	// refuse, when set, is returned by Pin, which then pins nothing.
+	refuse error
+	// where names the fake in its results.
+	where string
+}
+
+func newFakePinner(where string) *fakePinner {
+	return &fakePinner{pinned: map[string]bool{}, where: where}
 }
 
 func (p *fakePinner) Pin(_ context.Context, upper string) (pinResult, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.refuse != nil {
+		return pinResult{}, p.refuse
+	}
 	p.pinned[upper] = true
 	if p.failPin {
 		return pinResult{}, errors.New("deadline exceeded after the copy")
 	}
-	return pinResult{Bytes: 4096, Files: 1, Cost: time.Millisecond, Where: "fake"}, nil
+	return pinResult{Bytes: 4096, Files: 1, Cost: time.Millisecond, Where: p.where}, nil
 }
 
 func (p *fakePinner) Unpin(_ context.Context, upper string) error {
@@ -247,10 +263,13 @@ func (p *fakePinner) holds(upper string) bool {
 // moves, serving one container created from an OCI spec with the given
 // annotations (and a read-only rootfs when readonly).
 type harness struct {
-	t      *testing.T
-	s      *Service
-	tasks  *fakeTasks
-	pins   *fakePinner
+	t     *testing.T
+	s     *Service
+	tasks *fakeTasks
+	pins  *fakePinner
+	// local is the shim's own pinner, tried when pins (precopyd's)
+	// refuses the layer as not its own.
+	local  *fakePinner
 	timers []*fakeTimer
 	now    time.Time
 	ctx    context.Context
@@ -272,7 +291,7 @@ func testSettings() settings.Settings {
 
 func newHarness(t *testing.T, annotations map[string]string, readonly bool) *harness {
 	t.Helper()
-	h := &harness{t: t, tasks: &fakeTasks{}, pins: &fakePinner{pinned: map[string]bool{}}, now: time.Now(), id: "c1"}
+	h := &harness{t: t, tasks: &fakeTasks{}, pins: newFakePinner("precopyd"), local: newFakePinner(pinnedByShim), now: time.Now(), id: "c1"}
 	h.s = New(h.tasks, testSettings())
 	h.s.now = func() time.Time { return h.now }
 	h.s.afterFunc = func(d time.Duration, f func()) stopper {
@@ -284,6 +303,7 @@ func newHarness(t *testing.T, annotations map[string]string, readonly bool) *har
 	h.s.criuOptions = func(bool) []string { return []string{"pre-dump-mode read"} }
 	h.s.newRunc = func(string, string) (runcHandle, error) { return h.tasks, nil }
 	h.s.newPinner = func(string) pinner { return h.pins }
+	h.s.newLocalPinner = func(string, time.Duration) pinner { return h.local }
 	h.s.engineFor = func(c *container, rt precopy.Runtime) *precopy.Engine {
 		e := newEngine(c, rt)
 		e.Stats = func(string) (policy.Round, error) {

@@ -36,10 +36,21 @@ type pinResult struct {
 // pin, and an unreachable pinner only costs the early thaw.
 const pinTimeout = 5 * time.Second
 
-// pinnerFor is the pinner at precopyd address addr, made once and kept:
-// a pin happens while a container is frozen, and should not pay for a new
-// connection.
-func (s *Service) pinnerFor(addr string) pinner {
+// layerPinnerFor is the pinner of c's writable layer: precopyd's, if one
+// is configured, for a layer of its snapshotter, else the shim's own.
+func (s *Service) layerPinnerFor(c *container) pinner {
+	p := &layerPinner{}
+	if addr := c.settings.PrecopydAddress; addr != "" {
+		p.pinners = append(p.pinners, s.precopydPinner(addr))
+	}
+	p.pinners = append(p.pinners, s.newLocalPinner(c.bundle, c.settings.PinLimit))
+	return p
+}
+
+// precopydPinner is the pinner at precopyd address addr, made once and
+// kept: a pin happens while a container is frozen, and should not pay for
+// a new connection.
+func (s *Service) precopydPinner(addr string) pinner {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := s.pinners[addr]

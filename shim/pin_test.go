@@ -4,6 +4,7 @@ package shim
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -11,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
+
+	"github.com/precopy/precopy/precopy/settings"
 
 	"github.com/precopy/precopy/snapshotter/pin"
 	"github.com/precopy/precopy/snapshotter/pinservice"
@@ -25,7 +29,7 @@ func TestEarlyThawPinReleased(t *testing.T) {
 		t.Run(end, func(t *testing.T) {
 			h := newHarness(t, nil, false)
 			th := h.pausedCheckpoint().Thaw
-			if !th.Early || !th.Pinned || th.PinWhere != "fake" || th.PinBytes != 4096 || th.PinFiles != 1 || th.PinCost != time.Millisecond {
+			if !th.Early || !th.Pinned || th.PinWhere != "precopyd" || th.PinBytes != 4096 || th.PinFiles != 1 || th.PinCost != time.Millisecond {
 				t.Fatalf("thaw %+v, want early on a pinned layer", th)
 			}
 			if !h.pins.holds(h.upper) {
@@ -144,5 +148,66 @@ func TestPrecopydPinner(t *testing.T) {
 	}
 	if err := gone.Unpin(ctx, "/s/8/fs"); err == nil {
 		t.Error("unpin without precopyd succeeded")
+	}
+}
+
+// TestLayerPinner: a layer precopyd does not have (not found) or cannot
+// be asked about (unavailable) is pinned by the shim's own pinner, and
+// unpinned there; a layer precopyd refuses for another reason (too large)
+// is not pinned at all, and the report says precopyd's reason.
+func TestLayerPinner(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		precopyd  error
+		wantLocal bool
+	}{
+		{"not precopyd's layer", fmt.Errorf("layer: %w", errdefs.ErrNotFound), true},
+		{"precopyd unreachable", fmt.Errorf("precopyd: no socket: %w", errdefs.ErrUnavailable), true},
+		{"too large for precopyd", fmt.Errorf("layer: %w", pin.ErrTooLarge), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil, false)
+			h.pins.refuse = tc.precopyd
+			th := h.pausedCheckpoint().Thaw
+			if th.Early != tc.wantLocal || th.Pinned != tc.wantLocal || h.local.holds(h.upper) != tc.wantLocal {
+				t.Fatalf("thaw %+v, shim's pin held %v; want the shim's pin: %v", th, h.local.holds(h.upper), tc.wantLocal)
+			}
+			if !tc.wantLocal {
+				if !strings.Contains(th.Reason, "too large") {
+					t.Errorf("thaw reason %q does not say precopyd's", th.Reason)
+				}
+				return
+			}
+			if !strings.HasPrefix(th.PinWhere, pinnedByShim) {
+				t.Errorf("pin_where %q, want the shim's", th.PinWhere)
+			}
+			if err := h.resume(); err != nil {
+				t.Fatal(err)
+			}
+			if h.local.holds(h.upper) {
+				t.Error("the shim's pin outlived the client's Resume")
+			}
+		})
+	}
+}
+
+// TestPinLimitZeroNeverPins: io.precopy.pin-limit=0 turns pins off: a
+// writable rootfs then stays frozen until the client's Resume.
+func TestPinLimitZeroNeverPins(t *testing.T) {
+	h := newHarness(t, map[string]string{settings.AnnotationPinLimit: "0"}, false)
+	th := h.pausedCheckpoint().Thaw
+	if th.Early || th.Pinned || h.local.holds(h.upper) || h.pins.holds(h.upper) {
+		t.Errorf("thaw %+v with pin-limit 0, want no pin and no early thaw", th)
+	}
+}
+
+// TestDefaultPinLimit: the settings' default pin limit is the one the pin
+// package derived from its measured copy rates.
+func TestDefaultPinLimit(t *testing.T) {
+	if settings.DefaultPinLimit != pin.DefaultMaxCopyTime {
+		t.Errorf("settings.DefaultPinLimit %v, pin.DefaultMaxCopyTime %v", settings.DefaultPinLimit, pin.DefaultMaxCopyTime)
+	}
+	if got, want := pinLimit(pin.DefaultMaxCopyTime), pin.DefaultLimit; got != want {
+		t.Errorf("pinLimit(default) %+v, pin.DefaultLimit %+v", got, want)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/errdefs"
 
 	"github.com/precopy/precopy/snapshotter/pin"
 	"github.com/precopy/precopy/snapshotter/pinservice"
@@ -40,7 +41,7 @@ func (p *precopydPinner) dial() (*pinservice.Client, error) {
 		return p.client, nil
 	}
 	if _, err := os.Stat(p.addr); err != nil {
-		return nil, fmt.Errorf("precopyd (%s): no socket", p.addr)
+		return nil, fmt.Errorf("precopyd (%s): no socket: %w", p.addr, errdefs.ErrUnavailable)
 	}
 	c, err := pinservice.Dial(p.addr)
 	if err != nil {

@@ -64,6 +64,9 @@ type Service struct {
 	criuOptions   func(ownNetns bool) []string
 	newRunc       func(bundle, namespace string) (runcHandle, error)
 	newPinner     func(addr string) pinner
+	// newLocalPinner is the shim's own pinner of a container's layer,
+	// recorded in its bundle, with the container's pin limit.
+	newLocalPinner func(bundle string, maxCopy time.Duration) pinner
 	// engineFor makes a container's engine; tests fake CRIU's files
 	// through it.
 	engineFor func(c *container, rt precopy.Runtime) *precopy.Engine
@@ -76,12 +79,13 @@ type stopper interface{ Stop() bool }
 func New(inner taskAPI.TTRPCTaskService, defaults settings.Settings) *Service {
 	s := &Service{
 		TTRPCTaskService: inner, defaults: defaults, containers: map[string]*container{}, pinners: map[string]pinner{},
-		now:           time.Now,
-		afterFunc:     func(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) },
-		discardAfter:  discardAfter,
-		dirtyTracking: softDirty,
-		newRunc:       newRunc,
-		newPinner:     newPrecopydPinner,
+		now:            time.Now,
+		afterFunc:      func(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) },
+		discardAfter:   discardAfter,
+		dirtyTracking:  softDirty,
+		newRunc:        newRunc,
+		newPinner:      newPrecopydPinner,
+		newLocalPinner: newLocalPinner,
 	}
 	s.criuOptions = s.criu.use
 	s.engineFor = newEngine
@@ -152,6 +156,18 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	if err == nil && r.ExecID == "" {
 		if c := s.container(r.ID); c != nil {
 			c.states.record(resp.Status, s.now())
+		}
+	}
+	return resp, err
+}
+
+// Start starts a task or an exec process; the start of a container's task
+// is recorded for the State record (see stateLog.start).
+func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	resp, err := s.TTRPCTaskService.Start(ctx, r)
+	if err == nil && r.ExecID == "" {
+		if c := s.container(r.ID); c != nil {
+			c.states.start(s.now())
 		}
 	}
 	return resp, err

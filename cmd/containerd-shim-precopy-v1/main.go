@@ -2,7 +2,8 @@
 
 // Command containerd-shim-precopy-v1 is the precopy runtime shim. It is
 // containerd's own runc-v2 shim (pkg/shim + the runc-v2 manager and task
-// service) with precopy's task service wrapped around it, so it can be
+// service) with precopy's task service wrapped around it (and the
+// manager's delete releasing what a dead shim left pinned), so it can be
 // installed as io.containerd.precopy.v1 or in place of
 // containerd-shim-runc-v2.
 package main
@@ -10,7 +11,6 @@ package main
 import (
 	"context"
 
-	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
 	"github.com/containerd/containerd/v2/pkg/shim"
 
 	precopyshim "github.com/precopy/precopy/shim"
@@ -18,5 +18,5 @@ import (
 )
 
 func main() {
-	shim.RunShim(context.Background(), manager.NewShimManager(precopyshim.RuntimeName()))
+	shim.RunShim(context.Background(), precopyshim.NewManager(precopyshim.RuntimeName()))
 }

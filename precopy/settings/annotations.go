@@ -26,6 +26,7 @@ const (
 	AnnotationMinSize        = AnnotationPrefix + "min-size"        // Policy.MinSize, bytes
 	AnnotationMode           = AnnotationPrefix + "mode"            // Mode
 	AnnotationEarlyThaw      = AnnotationPrefix + "early-thaw"      // EarlyThaw
+	AnnotationPinLimit       = AnnotationPrefix + "pin-limit"       // PinLimit, a duration (0: never pin)
 )
 
 // ErrUnknownAnnotation is wrapped by the error for an io.precopy.* key
@@ -107,6 +108,17 @@ var known = map[string]setting{
 	}},
 	AnnotationEarlyThaw: {alternatives(earlyThaws), func(s *Settings, v string) error {
 		return choose(&s.EarlyThaw, v, earlyThaws)
+	}},
+	AnnotationPinLimit: {"a duration like 100ms, or 0 (never pin)", func(s *Settings, v string) error {
+		d, err := time.ParseDuration(v)
+		switch {
+		case err != nil:
+			return err
+		case d < 0:
+			return errSilent
+		}
+		s.PinLimit = d
+		return nil
 	}},
 	AnnotationMode: {alternatives(modes), func(s *Settings, v string) error {
 		return choose(&s.Mode, v, modes)

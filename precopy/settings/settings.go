@@ -7,6 +7,7 @@ package settings
 import (
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/precopy/precopy/precopy/policy"
 )
@@ -60,12 +61,24 @@ func alternatives[T ~string](values []T) string {
 // container's writable layer (precopyd's default --address).
 const DefaultPrecopydAddress = "/run/precopyd/precopyd.sock"
 
+// DefaultPinLimit is pin.DefaultMaxCopyTime (derived there from this
+// machine's measured copy rates and what an early thaw saves), not
+// imported: this package stays free of the snapshotter's dependencies.
+// TestDefaultPinLimit keeps the two equal.
+const DefaultPinLimit = 100 * time.Millisecond
+
 // Settings are a container's precopy settings.
 type Settings struct {
 	Mode      Mode
 	EarlyThaw EarlyThaw
 	// Policy is when pre-copy stops.
 	Policy policy.Config
+	// PinLimit is the longest copy of the writable layer a pin may add to
+	// the frozen window, estimated from the layer's size before copying
+	// (snapshotter/pin's measured rates); a larger layer is not pinned
+	// and the container stays frozen until the client's Resume. 0: never
+	// pin.
+	PinLimit time.Duration
 	// PrecopydAddress is precopyd's socket, where the shim asks for a
 	// pinned view of a writable rootfs for an early thaw ("" = never). Set
 	// by the config file only.
@@ -75,7 +88,7 @@ type Settings struct {
 // Default pre-copies every checkpoint with the policy's defaults:
 // standard clients cannot ask for it, so it must be on unless turned off.
 func Default() Settings {
-	return Settings{Mode: ModeAlways, EarlyThaw: EarlyThawAuto, Policy: policy.DefaultConfig(), PrecopydAddress: DefaultPrecopydAddress}
+	return Settings{Mode: ModeAlways, EarlyThaw: EarlyThawAuto, Policy: policy.DefaultConfig(), PinLimit: DefaultPinLimit, PrecopydAddress: DefaultPrecopydAddress}
 }
 
 // With returns s with a container's annotations applied. Annotations
