@@ -66,7 +66,9 @@ func watchResumed(t *testing.T, ctx context.Context, d *harness.Daemon, id strin
 // TestEarlyThaw checkpoints containers with `ctr c checkpoint --task --rw`
 // and checks when the shim thaws them: right after the final dump when
 // the rootfs is read-only or the container opted in with
-// io.precopy.early-thaw=force, at the client's Resume otherwise. Either way
+// io.precopy.early-thaw=force (a writable one the shim pins:
+// TestEarlyThawOverlay), at the client's Resume with early-thaw never or
+// pins off. Either way
 // the client's Resume succeeds, exactly one TaskResumed is published, the
 // task is running afterwards, and the image restores.
 func TestEarlyThaw(t *testing.T) {
@@ -79,12 +81,23 @@ func TestEarlyThaw(t *testing.T) {
 		args = []string{"-mib", "96", "-dirty-mibps", "4", "-hot", "0.1"}
 	}
 
-	t.Run("writable rootfs waits for resume", func(t *testing.T) {
+	t.Run("writable rootfs without pins waits for resume", func(t *testing.T) {
 		ctx := testContext(t, d)
-		task := runMemloadWith(t, d, "thaw-writable", precopyshim.Runtime, args...)
+		task := runMemloadAnnotated(t, d, "thaw-writable", precopyshim.Runtime,
+			map[string]string{settings.AnnotationPinLimit: "0"}, args...)
 		report, _ := checkpointWatched(t, ctx, d, task.ID(), "precopy.test/thaw:writable", false)
 		if report.Thaw == nil || report.Thaw.Early || !strings.Contains(report.Thaw.Reason, "writable") {
-			t.Errorf("want no early thaw because the rootfs is writable: %+v", report.Thaw)
+			t.Errorf("want no early thaw because the rootfs is writable and pins are off: %+v", report.Thaw)
+		}
+	})
+
+	t.Run("never waits for resume", func(t *testing.T) {
+		ctx := testContext(t, d)
+		task := runMemloadAnnotated(t, d, "thaw-never", precopyshim.Runtime,
+			map[string]string{settings.AnnotationEarlyThaw: string(settings.EarlyThawNever)}, args...)
+		report, _ := checkpointWatched(t, ctx, d, task.ID(), "precopy.test/thaw:never", false)
+		if report.Thaw == nil || report.Thaw.Early || !strings.Contains(report.Thaw.Reason, "never") {
+			t.Errorf("want no early thaw: %+v", report.Thaw)
 		}
 	})
 

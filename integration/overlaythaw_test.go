@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -9,17 +10,24 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
+	apievents "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/api/services/tasks/v1"
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/diff"
-	"github.com/containerd/containerd/v2/core/mount"
-	"github.com/containerd/containerd/v2/core/rootfs"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/rootfs"
+	"github.com/containerd/typeurl/v2"
 	"github.com/moby/sys/mountinfo"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/precopy/precopy/integration/harness"
+	"github.com/precopy/precopy/integration/workload"
 	"github.com/precopy/precopy/precopy"
-	"github.com/precopy/precopy/precopy/policy"
+	"github.com/precopy/precopy/precopy/settings"
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
@@ -44,7 +52,7 @@ func overlayArgs() []string {
 func requireShimPin(t *testing.T, report *precopy.Report) {
 	t.Helper()
 	th := report.Thaw
-	if th == nil || !th.Early || !th.Pinned || th.PinnedBy != precopy.PinnedByShim {
+	if th == nil || !th.Early || !th.Pinned || !strings.HasPrefix(th.PinWhere, "shim:") {
 		t.Fatalf("want an early thaw on a writable layer the shim pinned: %+v", th)
 	}
 	t.Logf("pinned %d bytes in %d files in %v", th.PinBytes, th.PinFiles, th.PinCost)
@@ -93,12 +101,55 @@ func TestEarlyThawOverlay(t *testing.T) {
 		requireDiffStatusBefore(t, ctx, d, ref, report.Thaw.ThawedAt)
 		requireNoPins(t, d)
 		removeContainer(t, d, task.ID())
-		restored := restoreCtr(t, ctx, d, "overlay-task-dst", ref)
+		restored := restoreTaskCheckpoint(t, ctx, d, "overlay-task-dst", ref, precopyshim.Runtime)
 		checkMemoryContinued(t, before, queryMemload(t, ctx, restored))
 		removeContainer(t, d, restored.ID())
-		stock := restoreWithStockRuncV2(t, ctx, d, "overlay-task-stock", ref)
+		stock := restoreTaskCheckpoint(t, ctx, d, "overlay-task-stock", ref, precopyshim.RuncRuntime)
 		checkMemoryContinued(t, before, queryMemload(t, ctx, stock))
 	})
+}
+
+// restoreTaskCheckpoint restores checkpoint ref, an image of
+// containerd's Task.Checkpoint, into a new container id on runtime: a new
+// snapshot of the workload's image with the checkpoint's rw diff applied
+// (Task.Checkpoint's index names neither the image as ctr's restore wants
+// it nor the snapshotter), the checkpoint's spec, and a task restored
+// from its CRIU images; it returns the running task.
+func restoreTaskCheckpoint(t *testing.T, ctx context.Context, d *harness.Daemon, id, ref, runtime string) containerd.Task {
+	t.Helper()
+	c := d.Client()
+	checkpoint, err := c.GetImage(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := content.ReadBlob(ctx, c.ContentStore(), checkpoint.Target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var index ocispec.Index
+	if err := json.Unmarshal(b, &index); err != nil {
+		t.Fatal(err)
+	}
+	image, err := c.GetImage(ctx, harness.MemloadImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeContainer(t, d, id) })
+	ctr, err := c.NewContainer(ctx, id, containerd.WithNewSnapshot(id, image),
+		containerd.WithRestoreSpec(ctx, id, c, checkpoint, &index),
+		containerd.WithRestoreRW(ctx, id, c, checkpoint, &index),
+		containerd.WithRuntime(runtime, nil))
+	if err != nil {
+		t.Fatalf("restore container %s: %v", id, err)
+	}
+	task, err := ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, os.Stderr, os.Stderr)), containerd.WithTaskCheckpoint(checkpoint))
+	if err != nil {
+		t.Fatalf("restore task %s on %s: %v", id, runtime, err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatalf("start restored task: %v", err)
+	}
+	return task
 }
 
 // TestEarlyThawPinnedView checks what the pin gives the client's diff
@@ -157,14 +208,24 @@ func TestEarlyThawPinShimKilled(t *testing.T) {
 	if len(pinMounts(t, d)) == 0 {
 		t.Fatal("no pin mounted after an early thaw on a shim pin")
 	}
+	// containerd publishes TaskDelete once its cleanup after the dead
+	// shim, which runs the shim binary's delete, is over.
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	envelopes, errs := d.Client().EventService().Subscribe(ectx, `topic=="/tasks/delete"`)
 	shim := shimPid(t, task)
 	if err := syscall.Kill(shim, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "containerd to clean the dead shim's task up", func() bool {
-		_, err := task.Status(ctx)
-		return err != nil
-	})
+	for deleted := false; !deleted; {
+		select {
+		case e := <-envelopes:
+			v, err := typeurl.UnmarshalAny(e.Event)
+			deleted = err == nil && v.(*apievents.TaskDelete).ContainerID == task.ID()
+		case err := <-errs:
+			t.Fatalf("waiting for containerd's cleanup after the dead shim: %v", err)
+		}
+	}
 	ctr, err := d.Client().LoadContainer(ctx, task.ID())
 	if err != nil {
 		t.Fatal(err)
@@ -173,6 +234,9 @@ func TestEarlyThawPinShimKilled(t *testing.T) {
 		t.Fatalf("delete the container and its snapshot after the shim died holding a pin: %v", err)
 	}
 	requireNoPins(t, d)
+	if t.Failed() {
+		t.Logf("containerd log:\n%s", d.LogTail(40))
+	}
 }
 
 // TestEarlyThawLayerOverLimit checkpoints a container whose writable
@@ -184,8 +248,7 @@ func TestEarlyThawLayerOverLimit(t *testing.T) {
 	d := stack.daemon
 	ctx := testContext(t, d)
 	task := runMemloadAnnotated(t, d, "pin-over-limit", precopyshim.Runtime,
-		map[string]string{policy.AnnotationPinLimit: "64KiB"}, overlayArgs()...)
-	writeFile(t, filepath.Join(d.RootfsPath(task.ID()), "large"), strings.Repeat("x", 256<<10))
+		map[string]string{settings.AnnotationPinLimit: "1ms"}, append(overlayArgs(), "-rootfs-mib", "16")...)
 	report, _ := checkpointWatched(t, ctx, d, task.ID(), "precopy.test/overlay:over-limit", false)
 	if th := report.Thaw; th.Pinned || !strings.Contains(th.Reason, "limit") {
 		t.Errorf("want no pin and a reason naming the limit: %+v", th)
@@ -263,7 +326,8 @@ func checkpointTaskRPC(t *testing.T, ctx context.Context, d *harness.Daemon, tas
 	if err != nil {
 		t.Fatalf("checkpoint: %v; containerd log:\n%s", err, d.LogTail(30))
 	}
-	for _, desc := range resp.Descriptors {
+	for _, d0 := range resp.Descriptors {
+		desc := ocispec.Descriptor{MediaType: d0.MediaType, Digest: digest.Digest(d0.Digest), Size: d0.Size}
 		cp, err := harness.ReadCRIUTar(ctx, d.Client().ContentStore(), desc)
 		if errors.Is(err, harness.ErrNotCRIUTar) {
 			continue
@@ -333,6 +397,10 @@ func waitForNewerStatus(t *testing.T, d *harness.Daemon, id string, t0 time.Time
 	})
 }
 
+// pinCopyPrefix names the shim's pin copies beside the upper dirs
+// (snapshotter/pin's BindMount).
+const pinCopyPrefix = "precopy-pin-"
+
 // pinMounts are the mounts under the daemon's dir whose source is a pin's
 // copy.
 func pinMounts(t *testing.T, d *harness.Daemon) []*mountinfo.Info {
@@ -343,7 +411,7 @@ func pinMounts(t *testing.T, d *harness.Daemon) []*mountinfo.Info {
 	}
 	var pins []*mountinfo.Info
 	for _, m := range mounts {
-		if strings.Contains(m.Root, precopy.PinCopyPrefix) {
+		if strings.Contains(m.Root, pinCopyPrefix) {
 			pins = append(pins, m)
 		}
 	}
@@ -357,14 +425,13 @@ func requireNoPins(t *testing.T, d *harness.Daemon) {
 	for _, m := range pinMounts(t, d) {
 		t.Errorf("pin left mounted: %s on %s", m.Root, m.Mountpoint)
 	}
-	copies, err := filepath.Glob(filepath.Join(d.Dir, "root", "io.containerd.snapshotter.v1.overlayfs", "snapshots", "*", precopy.PinCopyPrefix+"*"))
+	copies, err := filepath.Glob(filepath.Join(d.Dir, "root", "io.containerd.snapshotter.v1.overlayfs", "snapshots", "*", pinCopyPrefix+"*"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range copies {
 		t.Errorf("pin copy left: %s", c)
 	}
-	_ = mount.Mount{}
 }
 
 // shimPid is the pid of the shim serving task: the parent of the
@@ -389,5 +456,45 @@ func writeFile(t *testing.T, path, s string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCRIEarlyThawOverlay checkpoints a pod's container with a writable
+// rootfs on containerd's overlayfs through the CRI API (the kubelet's
+// checkpoint), on both install paths: the shim pins the writable layer
+// and thaws the container right after the final dump; the archive's
+// rootfs diff, which the CRI plugin takes after the task's checkpoint,
+// holds the status file from before the thaw; the container runs on with
+// its memory intact.
+func TestCRIEarlyThawOverlay(t *testing.T) {
+	for _, handler := range []string{handlerRuncPath, handlerPrecopy} {
+		t.Run(handler, func(t *testing.T) {
+			d, cri := startCRIDaemon(t)
+			ctx := testContext(t, d)
+			a := criAnnotations{container: lowMinSize}
+			if handler == handlerPrecopy {
+				a = criAnnotations{pod: lowMinSize}
+			}
+			pod := runCRIMemload(t, ctx, d, cri, "overlay-"+handler, handler, a, append(lowDirtyArgs, "-status-every", "20ms")...)
+			archive := filepath.Join(t.TempDir(), "checkpoint.tar")
+			report := checkpointCRIRunning(t, ctx, cri, pod.ContainerID, archive, handler == handlerRuncPath)
+			requireShimPin(t, report)
+			ar, err := harness.ReadArchive(archive)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := ar.RootfsDiffFile("status.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := workload.ParseStatus(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !st.WrittenAt.Before(report.Thaw.ThawedAt) {
+				t.Errorf("the rootfs diff's status.json was written at %v, after the thaw at %v: the diff did not see the pinned layer", st.WrittenAt, report.Thaw.ThawedAt)
+			}
+			requireNoPins(t, d)
+		})
 	}
 }

@@ -1,13 +1,9 @@
 package integration
 
 import (
-	"archive/tar"
-	"compress/gzip"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -121,32 +117,8 @@ func rwDiffFile(ctx context.Context, d *harness.Daemon, ref, name string) ([]byt
 		return nil, err
 	}
 	for _, desc := range index.Manifests {
-		if !images.IsLayerType(desc.MediaType) {
-			continue
-		}
-		ra, err := store.ReaderAt(ctx, desc)
-		if err != nil {
-			return nil, err
-		}
-		defer ra.Close()
-		var r io.Reader = content.NewReader(ra)
-		if desc.MediaType == ocispec.MediaTypeImageLayerGzip || desc.MediaType == images.MediaTypeDockerSchema2LayerGzip {
-			if r, err = gzip.NewReader(r); err != nil {
-				return nil, err
-			}
-		}
-		tr := tar.NewReader(r)
-		for {
-			h, err := tr.Next()
-			if errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("%s not in the rw diff of %s", name, ref)
-			}
-			if err != nil {
-				return nil, err
-			}
-			if filepath.Clean(h.Name) == name {
-				return io.ReadAll(tr)
-			}
+		if images.IsLayerType(desc.MediaType) {
+			return harness.LayerFile(ctx, store, desc, name)
 		}
 	}
 	return nil, fmt.Errorf("checkpoint %s has no rw diff", ref)

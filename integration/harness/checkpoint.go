@@ -49,7 +49,24 @@ func ReadCheckpoint(ctx context.Context, c *containerd.Client, ref string) (*Che
 	if criuTar == nil {
 		return nil, fmt.Errorf("checkpoint %s has no CRIU image tar", ref)
 	}
-	ra, err := store.ReaderAt(ctx, *criuTar)
+	cp, err := ReadCRIUTar(ctx, store, *criuTar)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", ref, err)
+	}
+	return cp, nil
+}
+
+// ErrNotCRIUTar is ReadCRIUTar's error for a blob of another media type.
+var ErrNotCRIUTar = errors.New("not a CRIU image tar")
+
+// ReadCRIUTar reads the CRIU image tar desc from store (a descriptor of
+// a checkpoint image's index, or one the task service's Checkpoint
+// returned).
+func ReadCRIUTar(ctx context.Context, store content.Provider, desc ocispec.Descriptor) (*Checkpoint, error) {
+	if desc.MediaType != images.MediaTypeContainerd1Checkpoint {
+		return nil, fmt.Errorf("%s (%s): %w", desc.Digest, desc.MediaType, ErrNotCRIUTar)
+	}
+	ra, err := store.ReaderAt(ctx, desc)
 	if err != nil {
 		return nil, err
 	}
@@ -62,13 +79,13 @@ func ReadCheckpoint(ctx context.Context, c *containerd.Client, ref string) (*Che
 			return &cp, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("checkpoint %s: CRIU tar: %w", ref, err)
+			return nil, fmt.Errorf("CRIU tar: %w", err)
 		}
 		cp.Entries = append(cp.Entries, h)
 		if strings.TrimPrefix(h.Name, "./") == precopy.ReportFile {
 			cp.Report = &precopy.Report{}
 			if err := json.NewDecoder(tr).Decode(cp.Report); err != nil {
-				return nil, fmt.Errorf("checkpoint %s: %s: %w", ref, precopy.ReportFile, err)
+				return nil, fmt.Errorf("%s: %w", precopy.ReportFile, err)
 			}
 		}
 	}

@@ -126,3 +126,30 @@ func applyStream(ctx context.Context, dir string, r io.Reader) error {
 	}
 	return nil
 }
+
+// RootfsDiffFile reads file name from the archive's rootfs-diff.tar (the
+// container's rw-layer diff).
+func (a *Archive) RootfsDiffFile(name string) ([]byte, error) {
+	f, err := os.Open(a.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var b []byte
+	found := false
+	err = walkTar(f, func(h *tar.Header, r io.Reader) (bool, error) {
+		if archiveName(h) != metadata.RootFsDiffTar {
+			return false, nil
+		}
+		found = true
+		b, err = tarFile(r, name)
+		return true, err
+	})
+	if err == nil && !found {
+		err = errors.New("no such entry")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint archive %s: %s: %w", a.Path, metadata.RootFsDiffTar, err)
+	}
+	return b, nil
+}
