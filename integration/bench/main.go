@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"slices"
 	"strings"
@@ -168,6 +169,10 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 	d := env.Daemon
 	ctx = d.Context(ctx)
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	criuVersion := "unknown"
+	if out, err := exec.Command("criu", "--version").Output(); err == nil {
+		criuVersion = strings.TrimPrefix(strings.SplitN(string(out), "\n", 2)[0], "Version: ")
+	}
 	cri := "false"
 	if sc.cri {
 		cri = "true (pods with their own network namespace)"
@@ -176,8 +181,8 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 	if !softDirty {
 		tier = "native, no soft-dirty: precopy is one-shot with early thaw"
 	}
-	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %s; precopyd content store and snapshotter %v; kernel %s (%s); %d runs per configuration, alternating; %s; commit %s\n",
-		name, strings.Join(sc.args, " "), sc.annotations, cri, sc.precopyd, strings.TrimSpace(string(kernel)), tier, runs, time.Now().UTC().Format(time.RFC3339), commit)
+	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %s; precopyd content store and snapshotter %v; kernel %s (%s); CRIU %s; %d runs per configuration, alternating; %s; commit %s\n",
+		name, strings.Join(sc.args, " "), sc.annotations, cri, sc.precopyd, strings.TrimSpace(string(kernel)), tier, criuVersion, runs, time.Now().UTC().Format(time.RFC3339), commit)
 
 	measure := func(id string, precopy bool, args []string) (harness.Measurement, error) {
 		return measureCtr(ctx, d, id, precopy, args, sc.annotations)
