@@ -2,7 +2,7 @@
 # Brings a Debian 12 machine to what precopy builds and tests against:
 # containerd + ctr + containerd-shim-runc-v2 and runc built from their Go
 # modules, crictl and checkpointctl (the Kubernetes path's client and archive
-# reader) and three CNI plugins (pod networks for the CRI bench) from theirs, CRIU built from Debian trixie's source tarball, and the
+# reader) and three CNI plugins (pod networks for the CRI bench) from theirs, CRIU built from Debian forky's source tarball, and the
 # Debian packages CRIU, runc and the soft-dirty VM tier need. Idempotent: each piece
 # is checked first and only installed when missing or at another version.
 #
@@ -11,13 +11,18 @@ set -euo pipefail
 
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
 RUNC_VERSION=${RUNC_VERSION:-1.5.2}
-CRIU_VERSION=${CRIU_VERSION:-4.1.1}
+# CRIU 4.2 is the first that dumps inet sockets on kernels from 6.16 on
+# (they refuse SO_PASSCRED on them); Debian forky carries it.
+CRIU_VERSION=${CRIU_VERSION:-4.2.1}
+CRIU_SUITE=${CRIU_SUITE:-forky}
 CRICTL_VERSION=${CRICTL_VERSION:-1.37.0}
 CNI_PLUGINS_VERSION=${CNI_PLUGINS_VERSION:-1.10.0}
 # checkpointctl 1.7.0 needs go-criu v8.5.0, which the module proxy does not
 # serve.
 CHECKPOINTCTL_VERSION=${CHECKPOINTCTL_VERSION:-1.6.0}
 PREFIX=${PREFIX:-/usr/local}
+# CRIU alone can go elsewhere, to try a version beside the one in use.
+CRIU_PREFIX=${CRIU_PREFIX:-$PREFIX}
 CACHE=${PRECOPY_CACHE:-/var/cache/precopy}
 
 log() { printf 'deps: %s\n' "$*" >&2; }
@@ -116,19 +121,21 @@ install_checkpointctl() {
 		"github.com/checkpoint-restore/checkpointctl@v$CHECKPOINTCTL_VERSION"
 }
 
-# CRIU is built from Debian trixie's source tarball: Debian 12's criu 3.17
-# fails on newer kernels (vDSO). The tarball is fetched through apt with a
-# private source list, so its hash is checked against trixie's signed Sources
-# index, and the machine's own apt configuration is left untouched.
+# CRIU is built from Debian's source tarball (forky's by default): Debian
+# 12's criu 3.17 fails on newer kernels (vDSO), trixie's 4.1.1 on any inet
+# socket from Linux 6.16 on. The tarball is fetched through apt with a
+# private source list, so its hash is checked against the suite's signed
+# Sources index, and the machine's own apt configuration is left untouched.
 install_criu() {
-	if [ -x "$PREFIX/sbin/criu" ] && "$PREFIX/sbin/criu" --version 2>/dev/null | grep -q "^Version: ${CRIU_VERSION}$"; then
+	local criu="$CRIU_PREFIX/sbin/criu"
+	if [ -x "$criu" ] && "$criu" --version 2>/dev/null | grep -q "^Version: ${CRIU_VERSION}$"; then
 		log "criu $CRIU_VERSION: present"
 		return
 	fi
-	log "criu $CRIU_VERSION: building from Debian trixie's source"
-	local apt="$CACHE/apt-trixie"
+	log "criu $CRIU_VERSION: building from Debian $CRIU_SUITE's source"
+	local apt="$CACHE/apt-$CRIU_SUITE"
 	mkdir -p "$apt/lists/partial" "$CACHE/src"
-	echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" >"$apt/sources.list"
+	echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $CRIU_SUITE main" >"$apt/sources.list"
 	local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$apt/lists")
 	apt-get "${opts[@]}" update -q >/dev/null
 	local tarball="criu_${CRIU_VERSION}.orig.tar.xz"
@@ -137,18 +144,18 @@ install_criu() {
 		# mirror; the orig tarball is all that is needed, so the error for
 		# the others is tolerated and the tarball's hash is checked below.
 		(cd "$CACHE/src" && apt-get "${opts[@]}" source --download-only "criu=${CRIU_VERSION}-1" >/dev/null 2>&1 || true)
-		[ -f "$CACHE/src/$tarball" ] || die "could not download $tarball from Debian trixie's sources"
+		[ -f "$CACHE/src/$tarball" ] || die "could not download $tarball from Debian $CRIU_SUITE's sources"
 	fi
 	local sha index
 	sha=$(sha256sum "$CACHE/src/$tarball" | cut -d' ' -f1)
-	index=$(ls "$apt"/lists/*trixie_main_source_Sources*)
+	index=$(ls "$apt"/lists/*_"${CRIU_SUITE}"_main_source_Sources*)
 	/usr/lib/apt/apt-helper cat-file "$index" | grep -E "^ $sha [0-9]+ $tarball$" >/dev/null ||
-		die "$tarball: SHA256 $sha is not in trixie's Sources index"
+		die "$tarball: SHA256 $sha is not in $CRIU_SUITE's Sources index"
 	local build; build=$(mktemp -d)
 	tar -C "$build" -xf "$CACHE/src/$tarball"
 	make -C "$build/criu-$CRIU_VERSION" -j"$(nproc)" criu >"$build/build.log" 2>&1 ||
 		{ tail -20 "$build/build.log" >&2; die "criu $CRIU_VERSION build failed"; }
-	install -D -m 0755 "$build/criu-$CRIU_VERSION/criu/criu" "$PREFIX/sbin/criu"
+	install -D -m 0755 "$build/criu-$CRIU_VERSION/criu/criu" "$criu"
 	rm -rf "$build"
 }
 
@@ -177,11 +184,15 @@ install_cni_plugins() {
 	rm -rf "$tmp"
 }
 
-install_debian_packages
-install_containerd
-install_runc
-install_crictl
-install_checkpointctl
-install_cni_plugins
-install_criu
-log "ready: $("$PREFIX/bin/containerd" --version | cut -d' ' -f3), runc $("$PREFIX/bin/runc" --version | head -1 | cut -d' ' -f3), criu $("$PREFIX/sbin/criu" --version | head -1 | cut -d' ' -f2), crictl $CRICTL_VERSION, checkpointctl $CHECKPOINTCTL_VERSION, CNI plugins $CNI_PLUGINS_VERSION"
+# Pieces can be named to install only those, e.g. `hack/deps.sh criu`
+# (with CRIU_PREFIX to try a CRIU beside the one in use).
+pieces=("$@")
+[ ${#pieces[@]} -gt 0 ] || pieces=(debian_packages containerd runc crictl checkpointctl cni_plugins criu)
+for piece in "${pieces[@]}"; do
+	declare -F "install_$piece" >/dev/null || die "unknown piece $piece (debian_packages containerd runc crictl checkpointctl cni_plugins criu)"
+done
+for piece in "${pieces[@]}"; do
+	"install_$piece"
+done
+[ $# -eq 0 ] || exit 0
+log "ready: $("$PREFIX/bin/containerd" --version | cut -d' ' -f3), runc $("$PREFIX/bin/runc" --version | head -1 | cut -d' ' -f3), criu $("$CRIU_PREFIX/sbin/criu" --version | head -1 | cut -d' ' -f2), crictl $CRICTL_VERSION, checkpointctl $CHECKPOINTCTL_VERSION, CNI plugins $CNI_PLUGINS_VERSION"
