@@ -38,7 +38,7 @@ FUZZ_TARGETS := ./precopy/imagechain:FuzzDecodePagemap ./precopy/imagechain:Fuzz
 build:
 	mkdir -p $(BIN)
 	CGO_ENABLED=0 go build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
-	CGO_ENABLED=0 go build -o $(BIN)/ ./integration/workloads/memload ./integration/workloads/pause
+	CGO_ENABLED=0 go build -o $(BIN)/ ./integration/workloads/memload ./integration/workloads/pause ./integration/workloads/netload
 
 deps:
 	bash hack/deps.sh

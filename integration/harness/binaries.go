@@ -14,6 +14,9 @@ const (
 	ShimBinary = "containerd-shim-precopy-v1"
 	// MemloadBinary is the memory workload tests run in containers.
 	MemloadBinary = "memload"
+	// NetloadBinary is the network workload (a TCP key-value server
+	// with its load generator), in the memload image beside memload.
+	NetloadBinary = "netload"
 	// PauseBinary is the pod sandbox process of the CRI tests' pause
 	// image.
 	PauseBinary = "pause"
@@ -40,7 +43,7 @@ var (
 func FindBinaries() (b Binaries, cleanup func(), err error) {
 	if dir := os.Getenv("PRECOPY_BIN_DIR"); dir != "" {
 		b = Binaries{Dir: dir}
-		for _, name := range []string{ShimBinary, MemloadBinary, PauseBinary} {
+		for _, name := range []string{ShimBinary, MemloadBinary, NetloadBinary, PauseBinary} {
 			if _, err := os.Stat(b.Path(name)); err != nil {
 				return b, func() {}, fmt.Errorf("PRECOPY_BIN_DIR=%s: %w (make build puts it there)", dir, err)
 			}
@@ -57,6 +60,7 @@ func FindBinaries() (b Binaries, cleanup func(), err error) {
 		cmd := exec.Command("go", "build", "-o", dir+"/",
 			"github.com/precopy/precopy/cmd/"+ShimBinary,
 			"github.com/precopy/precopy/integration/workloads/"+MemloadBinary,
+			"github.com/precopy/precopy/integration/workloads/"+NetloadBinary,
 			"github.com/precopy/precopy/integration/workloads/"+PauseBinary)
 		// Static: the workload runs in an image that holds nothing else.
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

@@ -10,8 +10,9 @@ import (
 	"github.com/precopy/precopy/integration/testimage"
 )
 
-// MemloadImage is the name of the image holding only the memory workload,
-// as /memload, its entrypoint.
+// MemloadImage is the name of the image of the test workloads: the memory
+// workload as /memload, its entrypoint, and the network workload as
+// /netload.
 const MemloadImage = "docker.io/precopy/memload:test"
 
 // ImportMemload builds the workload's image from the static binary (no
@@ -19,8 +20,11 @@ const MemloadImage = "docker.io/precopy/memload:test"
 // of ctx and unpacks it into the default snapshotter.
 func ImportMemload(ctx context.Context, c *containerd.Client, b Binaries) error {
 	return importImage(ctx, c, testimage.Spec{
-		Name:       MemloadImage,
-		Files:      []testimage.File{testimage.Executable("/"+MemloadBinary, b.Path(MemloadBinary))},
+		Name: MemloadImage,
+		Files: []testimage.File{
+			testimage.Executable("/"+MemloadBinary, b.Path(MemloadBinary)),
+			testimage.Executable("/"+NetloadBinary, b.Path(NetloadBinary)),
+		},
 		Entrypoint: []string{"/" + MemloadBinary},
 	})
 }
