@@ -3,6 +3,7 @@
 package shim
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,12 +11,17 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"github.com/containerd/log"
 )
 
-// criuConfigPath names the CRIU configuration precopy hands CRIU: the
-// file is criu.<options>.conf beside it, one per set of options.
-const criuConfigPath = "/run/precopy/criu.conf"
+// criuConfigName names the CRIU configuration precopy hands CRIU through
+// CRIU_CONFIG_FILE: precopy-criu-env.<options>.conf in the shim's working
+// directory, which containerd makes the bundle of the container it started
+// the shim for (under its state dir: a private containerd's shims never
+// share it) and removes with that container, the last of its shim's (a
+// pod's sandbox).
+const criuConfigName = "precopy-criu-env.conf"
 
 // criuConfig sets, once per shim process, the CRIU options that make
 // pre-copy's dumps cheaper without weakening them, where this CRIU and
@@ -60,7 +66,14 @@ type criuConfig struct {
 // use sets the options up on first use, for a container that has a
 // network namespace of its own or not (ownNetns), and returns them.
 func (cc *criuConfig) use(ownNetns bool) []string {
-	cc.once.Do(func() { cc.options = setUpCRIUConfig(criuConfigPath, ownNetns) })
+	cc.once.Do(func() {
+		dir, err := os.Getwd()
+		if err != nil {
+			log.L.WithError(err).Warn("precopy: no working directory for the CRIU config; CRIU keeps its defaults")
+			return
+		}
+		cc.options = setUpCRIUConfig(filepath.Join(dir, criuConfigName), ownNetns)
+	})
 	return cc.options
 }
 
@@ -86,8 +99,7 @@ func setUpCRIUConfig(path string, ownNetns bool) []string {
 	if len(lines) == 0 {
 		return nil
 	}
-	// One file per set of lines: shims of containers with and without a
-	// network namespace run side by side.
+	// Named by its lines, to say what it holds.
 	path = fmt.Sprintf("%s.%s", strings.TrimSuffix(path, ".conf"), configName(lines))
 	if err := writeCRIUConfig(path, lines); err != nil {
 		logger.WithError(err).Warn("precopy: cannot write CRIU config; CRIU keeps its defaults")
@@ -120,18 +132,38 @@ func criuCheck(config, feature string) error {
 	if config != "" {
 		cmd.Env = append(os.Environ(), "CRIU_CONFIG_FILE="+config)
 	}
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := runReaped(cmd); err != nil {
 		return fmt.Errorf("criu check --feature %s: %w: %s", feature, err, lastLine(out))
 	}
 	return nil
 }
 
-func writeCRIUConfig(path string, lines []string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
+// runReaped runs cmd and returns its combined output, and an error if it
+// did not exit 0. The shim is a subreaper whose SIGCHLD handler
+// (containerd's pkg/sys/reaper, installed by the runc-v2 task service)
+// reaps every child with wait4(-1): exec.Cmd's own Wait can find the child
+// gone (ECHILD) although it succeeded. So, as go-runc's monitor does in
+// the runc-v2 shim, the exit status comes from the reaper.
+func runReaped(cmd *exec.Cmd) ([]byte, error) {
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	ec, err := reaper.Default.Start(cmd)
+	if err != nil {
+		return nil, err
 	}
-	// Write and rename: shims start concurrently, and CRIU must never read
-	// a half-written file.
+	status, err := reaper.Default.Wait(cmd, ec)
+	if err != nil {
+		return out.Bytes(), err
+	}
+	if status != 0 {
+		return out.Bytes(), fmt.Errorf("exit status %d", status)
+	}
+	return out.Bytes(), nil
+}
+
+func writeCRIUConfig(path string, lines []string) error {
+	// Write and rename: CRIU must never read a half-written file (a
+	// container's own config is rewritten after its restore).
 	tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
 	if err := os.WriteFile(tmp, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		return err

@@ -64,7 +64,7 @@ func (g goRunc) Thaw(ctx context.Context, id string) error { return g.r.Resume(c
 // asks `criu check` for its exit status: go-criu's FeatureCheck echoes the
 // request back and is no answer.
 var softDirty = sync.OnceValues(func() (bool, string) {
-	out, err := exec.Command("criu", "check", "--feature", "mem_dirty_track").CombinedOutput()
+	out, err := runReaped(exec.Command("criu", "check", "--feature", "mem_dirty_track"))
 	if err != nil {
 		return false, fmt.Sprintf("criu check --feature mem_dirty_track failed (%v): %s", err, lastLine(out))
 	}
