@@ -27,6 +27,7 @@ const (
 	AnnotationMode           = AnnotationPrefix + "mode"            // Mode
 	AnnotationEarlyThaw      = AnnotationPrefix + "early-thaw"      // EarlyThaw
 	AnnotationPinLimit       = AnnotationPrefix + "pin-limit"       // PinLimit, a duration (0: never pin)
+	AnnotationTCP            = AnnotationPrefix + "tcp"             // TCP
 )
 
 // ErrUnknownAnnotation is wrapped by the error for an io.precopy.* key
@@ -122,6 +123,9 @@ var known = map[string]setting{
 	}},
 	AnnotationMode: {alternatives(modes), func(s *Settings, v string) error {
 		return choose(&s.Mode, v, modes)
+	}},
+	AnnotationTCP: {alternatives(tcps), func(s *Settings, v string) error {
+		return choose(&s.TCP, v, tcps)
 	}},
 }
 

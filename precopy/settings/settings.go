@@ -20,6 +20,10 @@ type Mode string
 // the container's writable layer.
 type EarlyThaw string
 
+// TCP says what a container's checkpoints and restores do with its TCP
+// connections (sockets with a peer), in a network namespace of its own.
+type TCP string
+
 const (
 	// The modes: always (where the kernel can), never (one-shot, as stock
 	// runc-v2), or, as the config file's default only, annotated: just
@@ -40,12 +44,25 @@ const (
 	// daemon's diff of its writable layer may land in the checkpoint
 	// (newer than its memory image).
 	EarlyThawForce EarlyThaw = "force"
+
+	// TCPRestore dumps TCP connections (CRIU's tcp-established) and
+	// restores them where their local addresses exist in the restored
+	// network namespace, else restores them all closed (CRIU's
+	// tcp-close): the server comes back listening and its clients see a
+	// reset and reconnect.
+	TCPRestore TCP = "restore"
+	// TCPClose dumps them and always restores them closed.
+	TCPClose TCP = "close"
+	// TCPRefuse tells CRIU nothing of them: a container with a connection
+	// cannot be checkpointed, as with stock runc-v2.
+	TCPRefuse TCP = "refuse"
 )
 
 // The values each setting may take.
 var (
 	modes      = []Mode{ModeAlways, ModeNever, ModeAnnotated}
 	earlyThaws = []EarlyThaw{EarlyThawAuto, EarlyThawNever, EarlyThawForce}
+	tcps       = []TCP{TCPRestore, TCPClose, TCPRefuse}
 )
 
 // alternatives lists values for a message: "a", "b" or "c".
@@ -71,6 +88,9 @@ const DefaultPinLimit = 100 * time.Millisecond
 type Settings struct {
 	Mode      Mode
 	EarlyThaw EarlyThaw
+	// TCP is what the container's checkpoints and restores do with its
+	// TCP connections; the shim acts on it.
+	TCP TCP
 	// Policy is when pre-copy stops.
 	Policy policy.Config
 	// PinLimit is the longest copy of the writable layer a pin may add to
@@ -88,7 +108,7 @@ type Settings struct {
 // Default pre-copies every checkpoint with the policy's defaults:
 // standard clients cannot ask for it, so it must be on unless turned off.
 func Default() Settings {
-	return Settings{Mode: ModeAlways, EarlyThaw: EarlyThawAuto, Policy: policy.DefaultConfig(), PinLimit: DefaultPinLimit, PrecopydAddress: DefaultPrecopydAddress}
+	return Settings{Mode: ModeAlways, EarlyThaw: EarlyThawAuto, TCP: TCPRestore, Policy: policy.DefaultConfig(), PinLimit: DefaultPinLimit, PrecopydAddress: DefaultPrecopydAddress}
 }
 
 // With returns s with a container's annotations applied. Annotations

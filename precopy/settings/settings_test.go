@@ -20,6 +20,7 @@ func TestWithApplies(t *testing.T) {
 		AnnotationMinSize:        "0",
 		AnnotationMode:           "never",
 		AnnotationEarlyThaw:      "force",
+		AnnotationTCP:            "close",
 		// Not ours: ignored, whatever they hold.
 		"io.kubernetes.cri.container-type": "container",
 		"io.precopyx.max-rounds":           "abc",
@@ -37,6 +38,7 @@ func TestWithApplies(t *testing.T) {
 	want.Policy.MinSize = 0
 	want.Mode = ModeNever
 	want.EarlyThaw = EarlyThawForce
+	want.TCP = TCPClose
 	if got != want {
 		t.Errorf("With =\n %+v\nwant\n %+v", got, want)
 	}
@@ -73,6 +75,7 @@ func TestWithRejects(t *testing.T) {
 		{AnnotationMode, "sometimes", `io.precopy.mode: "sometimes" is not "always", "never" or "annotated"`},
 		{AnnotationMode, "Always", `io.precopy.mode: "Always" is not "always", "never" or "annotated"`},
 		{AnnotationEarlyThaw, "yes", `io.precopy.early-thaw: "yes" is not "auto", "never" or "force"`},
+		{AnnotationTCP, "established", `io.precopy.tcp: "established" is not "restore", "close" or "refuse"`},
 	} {
 		base := Default()
 		got, err := base.With(map[string]string{tc.key: tc.value, "other": "x"})
@@ -184,13 +187,14 @@ target-downtime = "50ms"
 max-rounds = 3
 memory-budget = "1GiB"
 early-thaw = "never"
+tcp = "refuse"
 precopyd-address = ""
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.Mode != ModeAnnotated || s.Policy.TargetFreeze != 50*time.Millisecond || s.Policy.MaxRounds != 3 ||
-		s.Policy.MemoryBudget != 1<<30 || s.EarlyThaw != EarlyThawNever || s.PrecopydAddress != "" {
+		s.Policy.MemoryBudget != 1<<30 || s.EarlyThaw != EarlyThawNever || s.TCP != TCPRefuse || s.PrecopydAddress != "" {
 		t.Errorf("settings %+v", s)
 	}
 	// A container's annotation still wins over the file's default mode.
