@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/precopy/precopy/precopy/policy"
@@ -44,6 +45,51 @@ type Report struct {
 	// Thaw is when the container ran again: right after the final dump, or
 	// at the client's Resume, and why.
 	Thaw *Thaw `json:"thaw,omitempty"`
+	// Network is the container's network namespace as the checkpoint
+	// found it before the dump, and what CRIU was told of it; nil in the
+	// host's. The caller fills it; a restore reads it back (Loopback).
+	Network *Network `json:"network,omitempty"`
+}
+
+// Network is a checkpoint's account of the container's network namespace.
+type Network struct {
+	// TCP is what CRIU was told of TCP connections: "established" (dumped
+	// with their state), "refused" (CRIU fails a dump with one), or
+	// "operator's config" (the container names its own CRIU config).
+	TCP string `json:"tcp"`
+	// Loopback is lo before the dump, which CRIU does not keep (runc
+	// tells it to skip the namespace's contents): a restore by precopy's
+	// shim puts it back. Nil when it could not be read.
+	Loopback *Loopback `json:"loopback,omitempty"`
+	// Sockets are the container's sockets, counted before the dump; nil
+	// when they could not be.
+	Sockets *Sockets `json:"sockets,omitempty"`
+}
+
+// Loopback is the state of a network namespace's lo.
+type Loopback struct {
+	Up bool `json:"up"`
+	// Addrs are lo's addresses in CIDR form, e.g. "127.0.0.1/8".
+	Addrs []string `json:"addrs,omitempty"`
+}
+
+// String is lo as `ip addr` would sum it up: "up 127.0.0.1/8 ::1/128".
+func (l Loopback) String() string {
+	if !l.Up {
+		return "down"
+	}
+	return strings.Join(append([]string{"up"}, l.Addrs...), " ")
+}
+
+// Sockets counts a container's sockets by kind.
+type Sockets struct {
+	TCPListen int `json:"tcp_listen"`
+	// TCPConnections are TCP sockets with a peer (established, or in
+	// another state that has one), which CRIU dumps only when told
+	// tcp-established.
+	TCPConnections int `json:"tcp_connections"`
+	UDP            int `json:"udp"`
+	Unix           int `json:"unix"`
 }
 
 // Thaw is the end of a checkpoint's frozen window.

@@ -39,7 +39,7 @@ func (s *Service) pause(ctx context.Context, c *container, r *taskAPI.PauseReque
 	// for its Checkpoint) leaves them to that client.
 	var rounds *precopy.Rounds
 	if c.phase != paused {
-		rounds = s.preCopy(ctx, c, precopy.TriggerPause, why)
+		rounds = s.prepare(ctx, c, precopy.TriggerPause, why)
 	}
 	resp, err := s.TTRPCTaskService.Pause(ctx, r)
 	if err != nil {
@@ -68,6 +68,16 @@ func (s *Service) taskRunning(ctx context.Context, c *container) (running bool, 
 		return false, fmt.Sprintf("task is %s, not running", st.Status)
 	}
 	return true, ""
+}
+
+// prepare is what a checkpoint does before it freezes the task: pre-copy
+// rounds (or the report of why there are none), then the report's account
+// of its network namespace (a few ms), both while the task runs. Callers
+// hold c.mu.
+func (s *Service) prepare(ctx context.Context, c *container, trigger precopy.Trigger, notRunning string) *precopy.Rounds {
+	r := s.preCopy(ctx, c, trigger, notRunning)
+	r.Report.Network = s.readNetwork(ctx, c)
+	return r
 }
 
 // preCopy runs pre-copy rounds on c, or says in the report why not (notRunning,
@@ -133,7 +143,7 @@ func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.Check
 	rounds := c.take()
 	if rounds == nil {
 		_, why := s.taskRunning(ctx, c)
-		rounds = s.preCopy(ctx, c, precopy.TriggerCheckpoint, why)
+		rounds = s.prepare(ctx, c, precopy.TriggerCheckpoint, why)
 	}
 	rounds.Report.CRIUOptions = criuOptions
 	decision, thaw := c.earlyThaw(opts.Exit, s.now())

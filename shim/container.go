@@ -58,6 +58,9 @@ type container struct {
 	engine *precopy.Engine
 	// pinner pins upper; nil when no pin can apply.
 	pinner pinner
+	// network is what precopy does for the container's network namespace
+	// around CRIU (network.go); nil in the host's.
+	network *network
 
 	// states and rounds have locks of their own: State and a Resume that
 	// interrupts rounds must not wait for a Pause's rounds.

@@ -44,6 +44,8 @@ type fakeTasks struct {
 	frozen   bool
 	calls    []string
 	failDump bool
+	// dumpLog is CRIU's log a failing dump leaves in its work dir.
+	dumpLog string
 	// failPause fails Pause as if the task had just exited.
 	failPause bool
 	deleted   bool
@@ -97,7 +99,9 @@ func (f *fakeTasks) State(_ context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	if f.deleted {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("task %s: %w", r.ID, errdefs.ErrNotFound))
 	}
-	return &taskAPI.StateResponse{ID: r.ID, Status: f.status}, nil
+	// The task's init is this test: its network namespace is the
+	// container's.
+	return &taskAPI.StateResponse{ID: r.ID, Status: f.status, Pid: uint32(os.Getpid())}, nil
 }
 
 // transition moves the task from status from to status to, frozen or not,
@@ -155,6 +159,10 @@ func (f *fakeTasks) Checkpoint(_ context.Context, r *taskAPI.CheckpointTaskReque
 	f.dumpOpts = append(f.dumpOpts, &opts)
 	if f.failDump {
 		f.frozen = true
+		if f.dumpLog != "" {
+			os.MkdirAll(opts.WorkPath, 0o700)
+			os.WriteFile(filepath.Join(opts.WorkPath, "dump.log"), []byte(f.dumpLog), 0o600)
+		}
 		return nil, errgrpc.ToGRPC(errors.New("criu failed: read unixpacket: EOF"))
 	}
 	if err := writeImage(r.Path, opts.ParentPath); err != nil {
@@ -274,6 +282,7 @@ type harness struct {
 	now    time.Time
 	ctx    context.Context
 	id     string
+	bundle string
 	upper  string
 	image  string
 	// rounds is where the container's engine keeps its rounds.
@@ -290,6 +299,13 @@ func testSettings() settings.Settings {
 }
 
 func newHarness(t *testing.T, annotations map[string]string, readonly bool) *harness {
+	t.Helper()
+	return newHarnessFrom(t, map[string]any{"annotations": annotations, "root": map[string]any{"readonly": readonly}}, "")
+}
+
+// newHarnessFrom is a harness whose container is created from OCI spec
+// (restored from the image in dir checkpoint, if not "").
+func newHarnessFrom(t *testing.T, spec map[string]any, checkpoint string) *harness {
 	t.Helper()
 	h := &harness{t: t, tasks: &fakeTasks{}, pins: newFakePinner("precopyd"), local: newFakePinner(pinnedByShim), now: time.Now(), id: "c1"}
 	h.s = New(h.tasks, testSettings())
@@ -315,21 +331,21 @@ func newHarness(t *testing.T, annotations map[string]string, readonly bool) *har
 		return e
 	}
 	h.ctx = namespaces.WithNamespace(t.Context(), "test")
-	h.create(annotations, readonly)
+	h.create(spec, checkpoint)
 	return h
 }
 
-func (h *harness) create(annotations map[string]string, readonly bool) {
+func (h *harness) create(spec map[string]any, checkpoint string) {
 	h.t.Helper()
-	bundle := h.t.TempDir()
-	spec := map[string]any{"annotations": annotations, "root": map[string]any{"readonly": readonly}}
+	h.bundle = h.t.TempDir()
 	b, _ := json.Marshal(spec)
-	if err := os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(h.bundle, "config.json"), b, 0o600); err != nil {
 		h.t.Fatal(err)
 	}
 	h.upper = filepath.Join(h.t.TempDir(), "fs")
 	rootfs := []*types.Mount{{Type: "overlay", Source: "overlay", Options: []string{"upperdir=" + h.upper, "lowerdir=/l"}}}
-	if _, err := h.s.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: h.id, Bundle: bundle, Rootfs: rootfs}); err != nil {
+	r := &taskAPI.CreateTaskRequest{ID: h.id, Bundle: h.bundle, Rootfs: rootfs, Checkpoint: checkpoint}
+	if _, err := h.s.Create(h.ctx, r); err != nil {
 		h.t.Fatal(err)
 	}
 	h.rounds = h.container().engine.Dir

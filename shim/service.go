@@ -1,12 +1,14 @@
 //go:build linux
 
 // Package shim is precopy's task service: containerd's runc-v2 task
-// service with the calls a checkpoint goes through (Create, State, Pause,
-// Resume, Checkpoint, Delete) routed through one type that adds pre-copy.
-// Every other call goes straight to the runc-v2 service. This package is
-// the only one that knows containerd's task API; the checkpoint itself
-// (rounds, final dump, flatten, report) is the engine's (precopy/), and
-// the shim keeps each container's state between the calls (container.go).
+// service with the calls a checkpoint or a restore goes through (Create,
+// Start, State, Pause, Resume, Checkpoint, Delete) routed through one type
+// that adds pre-copy and what a container's network needs around CRIU
+// (network.go). Every other call goes straight to the runc-v2 service.
+// This package is the only one that knows containerd's task API; the
+// checkpoint itself (rounds, final dump, flatten, report) is the engine's
+// (precopy/), and the shim keeps each container's state between the calls
+// (container.go).
 //
 // Standard clients (ctr, nerdctl, the CRI plugin, client.Task.Checkpoint)
 // send Pause, then Checkpoint, then Resume. Pre-copy inside Checkpoint
@@ -133,11 +135,16 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition))
 	}
+	network, err := setUpNetwork(ctx, r.Bundle, r.Checkpoint, spec, cs.TCP)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w", r.ID, err))
+	}
 	resp, err := s.TTRPCTaskService.Create(ctx, r)
 	if err != nil {
 		return nil, err
 	}
 	c := s.newContainer(r, ns, cs, spec)
+	c.network = network
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
@@ -161,14 +168,23 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	return resp, err
 }
 
-// Start starts a task or an exec process; the start of a container's task
-// is recorded for the State record (see stateLog.start).
+// Start starts a task or an exec process. The start of a container's task
+// is recorded for the State record (see stateLog.start); a container
+// created from a checkpoint is restored here, after which its CRIU options
+// go back to those of its dumps (network.go).
 func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
 	resp, err := s.TTRPCTaskService.Start(ctx, r)
-	if err == nil && r.ExecID == "" {
-		if c := s.container(r.ID); c != nil {
-			c.states.start(s.now())
-		}
+	c := s.container(r.ID)
+	if c == nil || r.ExecID != "" {
+		return resp, err
+	}
+	if err == nil {
+		c.states.start(s.now())
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.network.restored(); err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("precopy: CRIU options of the restored container")
 	}
 	return resp, err
 }

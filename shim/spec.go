@@ -19,8 +19,13 @@ type specFacts struct {
 	readonlyRootfs bool
 	// ownNetns: the container has a network namespace other than the
 	// host's (a new one, or one it joins, such as its pod's), which CRIU
-	// locks during the dump (see criuConfig).
-	ownNetns bool
+	// locks during the dump (see criuConfig); netnsPath is the one it
+	// joins, "" for one runc makes.
+	ownNetns  bool
+	netnsPath string
+	// criuConfig is the CRIU config file the container names itself
+	// (org.criu.config), "" if none (see network.go).
+	criuConfig string
 }
 
 // readSpec reads the container's settings (defaults with its annotations
@@ -38,6 +43,7 @@ func readSpec(bundle string, defaults settings.Settings) (settings.Settings, spe
 		Linux *struct {
 			Namespaces []struct {
 				Type string `json:"type"`
+				Path string `json:"path"`
 			} `json:"namespaces"`
 		} `json:"linux"`
 	}
@@ -46,9 +52,12 @@ func readSpec(bundle string, defaults settings.Settings) (settings.Settings, spe
 	}
 	var facts specFacts
 	facts.readonlyRootfs = spec.Root != nil && spec.Root.Readonly
+	facts.criuConfig = spec.Annotations[criuAnnotation]
 	if spec.Linux != nil {
 		for _, ns := range spec.Linux.Namespaces {
-			facts.ownNetns = facts.ownNetns || ns.Type == "network"
+			if ns.Type == "network" {
+				facts.ownNetns, facts.netnsPath = true, ns.Path
+			}
 		}
 	}
 	cs, err := defaults.With(spec.Annotations)

@@ -16,15 +16,16 @@ import (
 )
 
 // TestSpecFacts reads what the shim needs of a container's OCI spec: a
-// read-only rootfs, and whether it has a network namespace of its own
-// (new or joined, like a pod's) or the host's.
+// read-only rootfs, whether it has a network namespace of its own (new or
+// joined, like a pod's) or the host's, and a CRIU config file of its own.
 func TestSpecFacts(t *testing.T) {
 	for name, tc := range map[string]struct {
 		spec string
 		want specFacts
 	}{
 		"own netns":       {`{"linux":{"namespaces":[{"type":"pid"},{"type":"network"}]}}`, specFacts{ownNetns: true}},
-		"pod's netns":     {`{"linux":{"namespaces":[{"type":"network","path":"/var/run/netns/cni-1"}]}}`, specFacts{ownNetns: true}},
+		"pod's netns":     {`{"linux":{"namespaces":[{"type":"network","path":"/var/run/netns/cni-1"}]}}`, specFacts{ownNetns: true, netnsPath: "/var/run/netns/cni-1"}},
+		"own CRIU config": {`{"annotations":{"org.criu.config":"/etc/criu/mine.conf"}}`, specFacts{criuConfig: "/etc/criu/mine.conf"}},
 		"host netns":      {`{"root":{"readonly":true},"linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}}`, specFacts{readonlyRootfs: true}},
 		"no linux at all": {`{}`, specFacts{}},
 	} {

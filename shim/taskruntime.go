@@ -49,8 +49,12 @@ func (rt *taskRuntime) PreDump(ctx context.Context, d precopy.Dirs) error {
 	return r.PreDump(ctx, rt.c.id, d)
 }
 
-func (rt *taskRuntime) Pids(ctx context.Context) ([]int, error) {
-	resp, err := rt.s.TTRPCTaskService.Pids(ctx, &taskAPI.PidsRequest{ID: rt.c.id})
+func (rt *taskRuntime) Pids(ctx context.Context) ([]int, error) { return rt.s.pids(ctx, rt.c.id) }
+
+// pids are the processes of container id, as the runc-v2 service lists
+// them.
+func (s *Service) pids(ctx context.Context, id string) ([]int, error) {
+	resp, err := s.TTRPCTaskService.Pids(ctx, &taskAPI.PidsRequest{ID: id})
 	if err != nil {
 		return nil, errgrpc.ToNative(err)
 	}
@@ -104,8 +108,10 @@ func (d *taskDump) Dump(ctx context.Context, parent string) error {
 	if err != nil {
 		return fmt.Errorf("checkpoint options: %w", err)
 	}
-	_, err = d.svc.Checkpoint(ctx, &taskAPI.CheckpointTaskRequest{ID: d.id, Path: d.path, Options: any})
-	return errgrpc.ToNative(err)
+	if _, err = d.svc.Checkpoint(ctx, &taskAPI.CheckpointTaskRequest{ID: d.id, Path: d.path, Options: any}); err != nil {
+		return withCRIUReason(errgrpc.ToNative(err), opts.WorkPath)
+	}
+	return nil
 }
 
 // namespaceOf is the containerd namespace of a request.

@@ -10,13 +10,20 @@ package main
 
 import (
 	"context"
+	"os"
 
 	"github.com/containerd/containerd/v2/pkg/shim"
 
 	precopyshim "github.com/precopy/precopy/shim"
+	"github.com/precopy/precopy/shim/criuaction"
 	_ "github.com/precopy/precopy/shim/plugin"
 )
 
 func main() {
+	// CRIU runs the shim binary as its action script at restores
+	// (shim/criuaction).
+	if criuaction.Requested() {
+		os.Exit(criuaction.Main())
+	}
 	shim.RunShim(context.Background(), precopyshim.NewManager(precopyshim.RuntimeName()))
 }
