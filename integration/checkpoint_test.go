@@ -97,8 +97,9 @@ func TestDropInAsRuncV2(t *testing.T) {
 
 // restoreWithStockRuncV2 restores checkpoint ref into container id with
 // containerd's own runc-v2 shim, whatever runtime took it, and returns the
-// running task.
-func restoreWithStockRuncV2(t *testing.T, ctx context.Context, d *harness.Daemon, id, ref string) containerd.Task {
+// running task; opts change the restored container after its spec is the
+// checkpoint's.
+func restoreWithStockRuncV2(t *testing.T, ctx context.Context, d *harness.Daemon, id, ref string, opts ...containerd.RestoreOpts) containerd.Task {
 	t.Helper()
 	c := d.Client()
 	checkpoint, err := c.GetImage(ctx, ref)
@@ -109,8 +110,8 @@ func restoreWithStockRuncV2(t *testing.T, ctx context.Context, d *harness.Daemon
 	stockRuntime := func(context.Context, string, *containerd.Client, containerd.Image, *ocispec.Index) containerd.NewContainerOpts {
 		return containerd.WithRuntime(precopyshim.RuncRuntime, nil)
 	}
-	ctr, err := c.Restore(ctx, id, checkpoint,
-		containerd.WithRestoreImage, containerd.WithRestoreSpec, containerd.WithRestoreRW, stockRuntime)
+	ctr, err := c.Restore(ctx, id, checkpoint, append([]containerd.RestoreOpts{
+		containerd.WithRestoreImage, containerd.WithRestoreSpec, containerd.WithRestoreRW, stockRuntime}, opts...)...)
 	if err != nil {
 		t.Fatalf("restore container: %v", err)
 	}

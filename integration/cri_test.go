@@ -108,24 +108,7 @@ func testCRICheckpoint(t *testing.T, handler string, a criAnnotations) {
 // with nftables where CRIU can (a library call instead of CRIU exec'ing
 // iptables-restore inside the frozen window).
 func TestCRICheckpointPodNetwork(t *testing.T) {
-	if err := harness.CanMakePodNetwork(); err != nil {
-		t.Skipf("no pod network here: %v", err)
-	}
-	d, cri := startCRIDaemon(t)
-	ctx := testContext(t, d)
-	pod, err := d.CreateMemloadPod(ctx, cri, harness.MemloadPodSpec{
-		Name: "ckpt-podnet", Handler: handlerRuncPath, ContainerAnnotations: lowMinSize,
-		Args: lowDirtyArgs, LogDir: t.TempDir(), PodNetwork: true,
-	})
-	if pod.ID != "" {
-		t.Cleanup(func() { removeCRIPod(t, cri, pod.ID) })
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cri.Runtime.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: pod.ContainerID}); err != nil {
-		t.Fatal(err)
-	}
+	d, cri, ctx, pod := startNetworkedCRIPod(t, harness.MemloadPodSpec{Name: "ckpt-podnet", Args: lowDirtyArgs})
 	if err := d.WaitCRIMemload(ctx, pod.ContainerID); err != nil {
 		t.Fatal(err)
 	}

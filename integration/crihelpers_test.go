@@ -90,10 +90,7 @@ type criAnnotations struct{ pod, container map[string]string }
 // reports; the pod goes when t ends.
 func runCRIMemload(t *testing.T, ctx context.Context, d *harness.Daemon, cri *harness.CRIClient, name, handler string, a criAnnotations, args ...string) criPod {
 	t.Helper()
-	pod := createCRIMemload(t, ctx, d, cri, name, handler, a, args...)
-	if _, err := cri.Runtime.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: pod.ContainerID}); err != nil {
-		t.Fatalf("start container %s: %v", name, err)
-	}
+	pod := startCRIPod(t, ctx, d, cri, memloadPodSpec(t, name, handler, a, args))
 	if err := d.WaitCRIMemload(ctx, pod.ContainerID); err != nil {
 		t.Fatal(err)
 	}
@@ -104,13 +101,26 @@ func runCRIMemload(t *testing.T, ctx context.Context, d *harness.Daemon, cri *ha
 // container; the pod goes when t ends.
 func createCRIMemload(t *testing.T, ctx context.Context, d *harness.Daemon, cri *harness.CRIClient, name, handler string, a criAnnotations, args ...string) criPod {
 	t.Helper()
+	return createCRIPod(t, ctx, d, cri, memloadPodSpec(t, name, handler, a, args))
+}
+
+// memloadPodSpec is a pod on handler whose container runs memload with
+// args (memloadArgs if none).
+func memloadPodSpec(t *testing.T, name, handler string, a criAnnotations, args []string) harness.MemloadPodSpec {
 	if len(args) == 0 {
 		args = memloadArgs
 	}
-	pod, err := d.CreateMemloadPod(ctx, cri, harness.MemloadPodSpec{
+	return harness.MemloadPodSpec{
 		Name: name, Handler: handler, PodAnnotations: a.pod, ContainerAnnotations: a.container,
 		Args: args, LogDir: t.TempDir(),
-	})
+	}
+}
+
+// createCRIPod runs the pod spec describes and creates (not starts) its
+// container; the pod goes when t ends.
+func createCRIPod(t *testing.T, ctx context.Context, d *harness.Daemon, cri *harness.CRIClient, spec harness.MemloadPodSpec) criPod {
+	t.Helper()
+	pod, err := d.CreateMemloadPod(ctx, cri, spec)
 	if pod.ID != "" {
 		t.Cleanup(func() { removeCRIPod(t, cri, pod.ID) })
 	}
@@ -118,6 +128,32 @@ func createCRIMemload(t *testing.T, ctx context.Context, d *harness.Daemon, cri 
 		t.Fatal(err)
 	}
 	return pod
+}
+
+// startCRIPod runs the pod spec describes and starts its container; the
+// pod goes when t ends.
+func startCRIPod(t *testing.T, ctx context.Context, d *harness.Daemon, cri *harness.CRIClient, spec harness.MemloadPodSpec) criPod {
+	t.Helper()
+	pod := createCRIPod(t, ctx, d, cri, spec)
+	if _, err := cri.Runtime.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: pod.ContainerID}); err != nil {
+		t.Fatalf("start container %s: %v", spec.Name, err)
+	}
+	return pod
+}
+
+// startNetworkedCRIPod starts a CRI daemon and in it the pod spec
+// describes, with a network namespace of its own (t is skipped where none
+// can be made), on install path (a), its container pre-copied from 16 MiB
+// on (lowMinSize) and started.
+func startNetworkedCRIPod(t *testing.T, spec harness.MemloadPodSpec) (*harness.Daemon, *harness.CRIClient, context.Context, criPod) {
+	t.Helper()
+	if err := harness.CanMakePodNetwork(); err != nil {
+		t.Skipf("no pod network here: %v", err)
+	}
+	d, cri := startCRIDaemon(t)
+	ctx := testContext(t, d)
+	spec.Handler, spec.ContainerAnnotations, spec.LogDir, spec.PodNetwork = handlerRuncPath, lowMinSize, t.TempDir(), true
+	return d, cri, ctx, startCRIPod(t, ctx, d, cri, spec)
 }
 
 // removeCRIPod stops and removes a pod with its containers.

@@ -27,7 +27,9 @@ type MemloadPodSpec struct {
 	// PodAnnotations and ContainerAnnotations go on the pod and on its
 	// container; the handlers pass io.precopy.* of both to the shim.
 	PodAnnotations, ContainerAnnotations map[string]string
-	// Args are memload's.
+	// Command is the container's command; nil runs memload.
+	Command []string
+	// Args are memload's (or Command's).
 	Args []string
 	// LogDir is the pod's log directory.
 	LogDir string
@@ -68,12 +70,16 @@ func (d *Daemon) CreateMemloadPod(ctx context.Context, cri *CRIClient, spec Meml
 		return MemloadPod{}, fmt.Errorf("run pod %s on %s: %w", spec.Name, spec.Handler, err)
 	}
 	pod := MemloadPod{ID: run.PodSandboxId, Config: config}
+	command := spec.Command
+	if command == nil {
+		command = []string{"/" + MemloadBinary}
+	}
 	created, err := cri.Runtime.CreateContainer(ctx, &runtime.CreateContainerRequest{
 		PodSandboxId: pod.ID,
 		Config: &runtime.ContainerConfig{
 			Metadata:    &runtime.ContainerMetadata{Name: "memload"},
 			Image:       &runtime.ImageSpec{Image: MemloadImage},
-			Command:     []string{"/" + MemloadBinary},
+			Command:     command,
 			Args:        spec.Args,
 			LogPath:     "memload.log",
 			Annotations: spec.ContainerAnnotations,

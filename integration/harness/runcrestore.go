@@ -49,7 +49,9 @@ type RuncRestored struct {
 //     with env (see CRIUEnv) in its environment. runc hands CRIU the
 //     bind mounts as external mounts and its own stdio for the pipes
 //     the checkpointed process had (here /dev/null).
-func RestoreArchive(ctx context.Context, d *Daemon, path, id, dir, cgroupParent string, env []string) (*RuncRestored, error) {
+//
+// changes, if any, change config.json's spec last.
+func RestoreArchive(ctx context.Context, d *Daemon, path, id, dir, cgroupParent string, env []string, changes ...func(*specs.Spec)) (*RuncRestored, error) {
 	fail := func(err error) (*RuncRestored, error) {
 		return nil, fmt.Errorf("restore %s with runc: %w", path, err)
 	}
@@ -89,6 +91,9 @@ func RestoreArchive(ctx context.Context, d *Daemon, path, id, dir, cgroupParent 
 	}
 	if err := restoreSpec(spec, bundle, filepath.Join(cgroupParent, id)); err != nil {
 		return fail(err)
+	}
+	for _, change := range changes {
+		change(spec)
 	}
 	b, err := json.Marshal(spec)
 	if err != nil {
