@@ -48,7 +48,8 @@ const criuConfigName = "precopy-criu-env.conf"
 // It goes through CRIU_CONFIG_FILE in the environment runc passes to CRIU,
 // not runc's own CRIU config file: CRIU 4.1.1 crashes re-parsing a
 // network-lock line from the file runc hands it over RPC (fixed upstream
-// after 4.1.1), and runc does not expose the pre-dump mode. An operator's
+// after 4.1.1; 4.2.1 parses it), and runc does not expose the pre-dump
+// mode. An operator's
 // own CRIU_CONFIG_FILE is left alone. The file is checked by a CRIU that
 // parses it before any dump relies on it: a line CRIU rejects would fail
 // every dump.
