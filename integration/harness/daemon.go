@@ -68,6 +68,7 @@ var disabledPlugins = []string{
 
 // StartDaemon starts a private containerd and waits until it serves.
 func StartDaemon(ctx context.Context, o Options) (_ *Daemon, retErr error) {
+	keepInheritedFiles()
 	if o.Namespace == "" {
 		return nil, errors.New("start containerd: no namespace given")
 	}

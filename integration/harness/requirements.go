@@ -73,6 +73,7 @@ type Stack struct {
 // line for each thing missing, saying what is needed (`make deps` installs
 // all of it).
 func CheckStack(ctx context.Context) (Stack, error) {
+	keepInheritedFiles()
 	var s Stack
 	if os.Geteuid() != 0 {
 		return s, errors.New("integration tests need root (they run containerd, runc and CRIU)")
