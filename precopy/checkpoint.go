@@ -173,13 +173,19 @@ func emptyDir(dir string) error {
 	return nil
 }
 
+// maxCRIULogBytes bounds what keepCRIULog copies of CRIU's log: a final
+// dump's log at runc's level is a few MiB at most.
+const maxCRIULogBytes = 256 << 20
+
 // keepCRIULog copies CRIU's log and statistics of a dump from its work
-// dir into the image dir. Best effort: the image is complete without.
+// dir into the image dir, following no symlink in either. Best effort:
+// the image is complete without.
 func keepCRIULog(log Logger, work, image string) {
 	for _, name := range []string{"dump.log", "stats-dump"} {
-		b, err := os.ReadFile(filepath.Join(work, name))
+		f, _, err := openRegular(filepath.Join(work, name), maxCRIULogBytes)
 		if err == nil {
-			err = os.WriteFile(filepath.Join(image, name), b, 0o600)
+			err = writeInDir(image, name, f)
+			f.Close()
 		}
 		if err != nil && !os.IsNotExist(err) {
 			log.Warnf("precopy: keep CRIU's %s in the image: %v", name, err)

@@ -1,9 +1,9 @@
 package precopy
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -117,21 +117,27 @@ type Thaw struct {
 	PinCost  time.Duration `json:"pin_ns,omitempty"`
 }
 
-// Write writes the report into image dir dir.
+// Write writes the report into image dir dir, replacing (never writing
+// through) whatever is there under its name.
 func (r *Report) Write(dir string) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, ReportFile), append(b, '\n'), 0o600); err != nil {
+	if err := writeInDir(dir, ReportFile, bytes.NewReader(append(b, '\n'))); err != nil {
 		return fmt.Errorf("write %s: %w", ReportFile, err)
 	}
 	return nil
 }
 
-// ReadReport reads the report from image dir dir.
+// maxReportBytes bounds a report read back: a few rounds' figures and
+// reasons take a few KiB.
+const maxReportBytes = 1 << 20
+
+// ReadReport reads the report from image dir dir, not following a
+// symlink.
 func ReadReport(dir string) (*Report, error) {
-	b, err := os.ReadFile(filepath.Join(dir, ReportFile))
+	b, err := readRegular(filepath.Join(dir, ReportFile), maxReportBytes)
 	if err != nil {
 		return nil, err
 	}
