@@ -31,6 +31,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/precopy/precopy/precopy"
+	"github.com/precopy/precopy/precopy/imagechain"
 	"github.com/precopy/precopy/precopy/settings"
 )
 
@@ -134,6 +135,15 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	ns, err := namespaceOf(ctx)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition))
+	}
+	// A checkpoint image is input from elsewhere, restored by CRIU as
+	// root, which follows whatever names it opens: a symlinked pages file
+	// or a parent link would have it read any file on the host as the
+	// task's memory. Vetted before anything reads it.
+	if r.Checkpoint != "" {
+		if err := imagechain.CheckFlat(r.Checkpoint); err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: restore: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
+		}
 	}
 	network, err := setUpNetwork(ctx, r.Bundle, r.Checkpoint, spec, cs.TCP)
 	if err != nil {

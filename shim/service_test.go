@@ -3,6 +3,8 @@
 package shim
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -290,6 +292,20 @@ func TestCreateRefusesBadInput(t *testing.T) {
 	}
 	if _, err := h.s.Create(t.Context(), &taskAPI.CreateTaskRequest{ID: "c2", Bundle: h.container().bundle}); err == nil || !errdefs.IsFailedPrecondition(errgrpc.ToNative(err)) {
 		t.Errorf("create without a namespace: %v, want failed precondition", err)
+	}
+	// A restore from an image that is not one flat, safe image set is
+	// refused before the runc-v2 service (and CRIU) sees it.
+	image := t.TempDir()
+	if err := os.Symlink("/etc/hostname", filepath.Join(image, "pages-1.img")); err != nil {
+		t.Fatal(err)
+	}
+	calls := len(h.tasks.called())
+	_, err := h.s.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: "c2", Bundle: h.container().bundle, Checkpoint: image})
+	if !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) || !strings.Contains(err.Error(), "pages-1.img") {
+		t.Errorf("restore from an image with a symlinked pages file: %v, want invalid argument naming the file", err)
+	}
+	if len(h.tasks.called()) != calls {
+		t.Errorf("the refused restore reached the runc-v2 service: %q", h.tasks.called())
 	}
 }
 
