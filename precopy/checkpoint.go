@@ -45,7 +45,7 @@ func (e *Engine) Checkpoint(ctx context.Context, r *Rounds, cp Checkpoint) (*Rep
 	defer r.discard(e.Log)
 	f := &finalDump{e: e, cp: cp, report: r.Report}
 	if err := f.run(ctx, r); err != nil {
-		e.Runtime.ThawIfLeftFrozen(ctx)
+		e.Runtime.RecoverFailedDump(ctx)
 		return nil, err
 	}
 	if err := f.report.Write(cp.ImageDir); err != nil {
@@ -81,7 +81,7 @@ func (f *finalDump) run(ctx context.Context, r *Rounds) error {
 	}
 	// A leave-running dump of a task the client did not pause, whose CRIU
 	// died, left the cgroup frozen; a dump of it now would leave it so.
-	f.e.Runtime.ThawIfLeftFrozen(ctx)
+	f.e.Runtime.RecoverFailedDump(ctx)
 	f.report.FellBack = err.Error()
 	f.e.Log.Warnf("precopy: checkpoint redone one-shot: %v", err)
 	if err := emptyDir(f.cp.ImageDir); err != nil {

@@ -136,7 +136,7 @@ func TestCheckpointFallsBackOneShot(t *testing.T) {
 			if want := f.finals[len(f.parents)-1].PagesWritten; report.Final.PagesWritten != want || !report.PreCopied {
 				t.Errorf("final wrote %d pages, want %d: the one-shot dump's", report.Final.PagesWritten, want)
 			}
-			if f.thawChecks == 0 {
+			if f.recoveries == 0 {
 				t.Error("no check for a cgroup the failed dump left frozen before the one-shot dump")
 			}
 		})
@@ -169,8 +169,8 @@ func TestCheckpointNotRedone(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}
-			if len(f.parents) != 1 || f.thawChecks == 0 || afterDumps > 1 {
-				t.Errorf("dumps on %q, %d thaw checks, %d after-dump calls; want one dump, a thaw check", f.parents, f.thawChecks, afterDumps)
+			if len(f.parents) != 1 || f.recoveries == 0 || afterDumps > 1 {
+				t.Errorf("dumps on %q, %d recoveries, %d after-dump calls; want one dump, a recovery", f.parents, f.recoveries, afterDumps)
 			}
 			if _, err := os.Stat(filepath.Join(cp.ImageDir, ReportFile)); !os.IsNotExist(err) {
 				t.Errorf("a failed checkpoint wrote its report: %v", err)
@@ -182,8 +182,8 @@ func TestCheckpointNotRedone(t *testing.T) {
 func TestCheckpointOneShotFails(t *testing.T) {
 	f := &fakeCRIU{finals: synthetic(1), failAll: true}
 	e := newFakeEngine(t, f, fixed(1))
-	if _, err := e.Checkpoint(t.Context(), e.Skip(TriggerCheckpoint, "mode is never"), f.checkpoint); err == nil || f.thawChecks != 1 {
-		t.Fatalf("error %v, %d thaw checks; want the dump's error and a thaw check", err, f.thawChecks)
+	if _, err := e.Checkpoint(t.Context(), e.Skip(TriggerCheckpoint, "mode is never"), f.checkpoint); err == nil || f.recoveries != 1 {
+		t.Fatalf("error %v, %d recoveries; want the dump's error and a recovery", err, f.recoveries)
 	}
 }
 

@@ -34,10 +34,11 @@ type Runtime interface {
 	// Pids are the container's processes: the engine reads their memory
 	// size and soft-dirty pages from /proc.
 	Pids(ctx context.Context) ([]int, error)
-	// ThawIfLeftFrozen thaws the container if a failed dump left it
-	// frozen (CRIU freezes the cgroup and thaws it before it exits; a
-	// killed CRIU leaves it frozen), unless the client had paused it.
-	ThawIfLeftFrozen(ctx context.Context)
+	// RecoverFailedDump puts the container back as the client left it
+	// (running, or paused) after a dump that failed: a killed CRIU can
+	// leave its cgroup frozen, thawed under a client's pause, or its
+	// network locked.
+	RecoverFailedDump(ctx context.Context)
 }
 
 // Dirs are one CRIU dump's directories.
@@ -142,7 +143,7 @@ func (e *Engine) PreCopy(ctx context.Context, trigger Trigger, interrupt <-chan 
 	}
 	r, err := e.run(ctx, cfg, interrupt)
 	if err != nil {
-		e.Runtime.ThawIfLeftFrozen(ctx)
+		e.Runtime.RecoverFailedDump(ctx)
 		return e.Skip(trigger, err.Error())
 	}
 	r.Report.Mode, r.Report.Trigger = e.Mode, trigger

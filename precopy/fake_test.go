@@ -37,7 +37,7 @@ type fakeCRIU struct {
 	// the final dumps whose parent is not "" (with rounds) or all of them.
 	failPreDump        int
 	failFinal, failAll bool
-	thawChecks         int
+	recoveries         int
 	pids               []int
 	interruptAt        int
 	interrupt          chan struct{}
@@ -86,7 +86,7 @@ func (f *fakeCRIU) Pids(context.Context) ([]int, error) {
 	return f.pids, nil
 }
 
-func (f *fakeCRIU) ThawIfLeftFrozen(context.Context) { f.thawChecks++ }
+func (f *fakeCRIU) RecoverFailedDump(context.Context) { f.recoveries++ }
 
 func (f *fakeCRIU) Dump(_ context.Context, parent string) error {
 	f.parents = append(f.parents, parent)

@@ -40,10 +40,11 @@ type fakeTasks struct {
 	mu     sync.Mutex
 	status apitask.Status
 	// frozen is the cgroup's state; a failing dump (failDump) leaves it
-	// frozen, as a killed CRIU does.
-	frozen   bool
-	calls    []string
-	failDump bool
+	// frozen, as a CRIU killed while freezing does, or thawed
+	// (failDumpThawed), as a CRIU killed once it had seized the tasks does.
+	frozen                   bool
+	calls                    []string
+	failDump, failDumpThawed bool
 	// dumpLog is CRIU's log a failing dump leaves in its work dir.
 	dumpLog string
 	// failPause fails Pause as if the task had just exited.
@@ -158,7 +159,7 @@ func (f *fakeTasks) Checkpoint(_ context.Context, r *taskAPI.CheckpointTaskReque
 	defer f.mu.Unlock()
 	f.dumpOpts = append(f.dumpOpts, &opts)
 	if f.failDump {
-		f.frozen = true
+		f.frozen = !f.failDumpThawed
 		if f.dumpLog != "" {
 			os.MkdirAll(opts.WorkPath, 0o700)
 			os.WriteFile(filepath.Join(opts.WorkPath, "dump.log"), []byte(f.dumpLog), 0o600)
@@ -203,6 +204,14 @@ func (f *fakeTasks) Frozen(context.Context, string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.frozen, nil
+}
+
+func (f *fakeTasks) Freeze(context.Context, string) error {
+	f.record("runc pause")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frozen = true
+	return nil
 }
 
 func (f *fakeTasks) Thaw(context.Context, string) error {

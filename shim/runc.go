@@ -56,6 +56,9 @@ func (g goRunc) Frozen(ctx context.Context, id string) (bool, error) {
 	return st.Status == "paused", nil
 }
 
+// Freeze runs `runc pause`.
+func (g goRunc) Freeze(ctx context.Context, id string) error { return g.r.Pause(ctx, id) }
+
 // Thaw runs `runc resume`.
 func (g goRunc) Thaw(ctx context.Context, id string) error { return g.r.Resume(ctx, id) }
 

@@ -195,26 +195,38 @@ func TestDiscardTimerReal(t *testing.T) {
 	<-fired
 }
 
-// TestExitModeDumpFailure: an exit-mode checkpoint of a running task
-// whose CRIU dies leaves the cgroup frozen: the shim thaws it and returns
-// the error.
+// TestExitModeDumpFailure: an exit-mode checkpoint whose CRIU dies
+// leaves the cgroup frozen (CRIU killed while freezing) or thawed (killed
+// once it had seized the tasks, when it had thawed the cgroup): the shim
+// puts it back as the client left it, running or paused, and returns the
+// error.
 func TestExitModeDumpFailure(t *testing.T) {
 	for _, pause := range []bool{false, true} {
-		h := newHarness(t, map[string]string{settings.AnnotationMode: "never"}, false)
-		if pause {
-			h.look()
-			if err := h.pause(); err != nil {
-				t.Fatal(err)
+		for _, thawed := range []bool{false, true} {
+			h := newHarness(t, map[string]string{settings.AnnotationMode: "never"}, false)
+			if pause {
+				h.look()
+				if err := h.pause(); err != nil {
+					t.Fatal(err)
+				}
 			}
-		}
-		h.tasks.failDump = true
-		if _, err := h.checkpoint(&options.CheckpointOptions{Exit: true}); err == nil || !strings.Contains(err.Error(), "criu failed") {
-			t.Errorf("paused %v: checkpoint error %v, want CRIU's", pause, err)
-		}
-		// The client's own pause stays; a cgroup CRIU froze is thawed.
-		frozen, _ := h.tasks.Frozen(h.ctx, h.id)
-		if frozen != pause || h.tasks.count("runc resume") != map[bool]int{false: 1, true: 0}[pause] {
-			t.Errorf("paused %v: frozen %v after the failed dump, calls %q", pause, frozen, h.tasks.called())
+			h.tasks.failDump, h.tasks.failDumpThawed = true, thawed
+			if _, err := h.checkpoint(&options.CheckpointOptions{Exit: true}); err == nil || !strings.Contains(err.Error(), "criu failed") {
+				t.Errorf("paused %v: checkpoint error %v, want CRIU's", pause, err)
+			}
+			// The client's own pause stays (or is made again); a cgroup
+			// CRIU froze is thawed.
+			frozen, _ := h.tasks.Frozen(h.ctx, h.id)
+			wantResumes, wantPauses := 0, 0
+			switch {
+			case !pause && !thawed:
+				wantResumes = 1
+			case pause && thawed:
+				wantPauses = 1
+			}
+			if frozen != pause || h.tasks.count("runc resume") != wantResumes || h.tasks.count("runc pause") != wantPauses {
+				t.Errorf("paused %v, CRIU thawed %v: frozen %v after the failed dump, calls %q", pause, thawed, frozen, h.tasks.called())
+			}
 		}
 	}
 }

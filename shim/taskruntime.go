@@ -25,12 +25,13 @@ type runcHandle interface {
 	PreDump(ctx context.Context, id string, d precopy.Dirs) error
 	// Frozen says whether the container's cgroup is frozen.
 	Frozen(ctx context.Context, id string) (bool, error)
+	Freeze(ctx context.Context, id string) error
 	Thaw(ctx context.Context, id string) error
 }
 
 // taskRuntime is a container's runtime as the engine uses it: the runc-v2
 // service for its processes and status, a runc handle of the shim's own
-// for pre-dumps and for thawing what a dead CRIU left frozen. Its calls
+// for pre-dumps and for putting back the freezer a dead CRIU left. Its calls
 // come from the engine, under the container's mu.
 type taskRuntime struct {
 	s *Service
@@ -65,31 +66,52 @@ func (s *Service) pids(ctx context.Context, id string) ([]int, error) {
 	return pids, nil
 }
 
-// ThawIfLeftFrozen thaws the container when containerd holds it running
-// but its cgroup is frozen: a CRIU that froze it to dump and died before
-// thawing it. A pause the client asked for shows as paused, and stays.
-// The container's calls are serialised (mu), so a frozen cgroup of a
-// running task is CRIU's.
-func (rt *taskRuntime) ThawIfLeftFrozen(ctx context.Context) {
+// RecoverFailedDump puts the container back as the client left it after
+// a CRIU dump that failed. A CRIU that died mid-dump leaves behind:
+//
+//   - a frozen cgroup: CRIU freezes the cgroup to seize the tasks; killed
+//     before it had them all, it leaves it frozen. When containerd holds
+//     the task running, it is thawed.
+//   - a thawed cgroup under a client's pause: once CRIU has seized every
+//     task (ptrace keeps them stopped) it thaws the cgroup, and puts the
+//     freezer back as it found it only at its end (criu/seize.c). Killed
+//     in between, its tasks run again while containerd holds them paused,
+//     and the client's Resume fails ("container not paused"). When
+//     containerd holds the task paused, it is frozen again.
+//   - its network lock (lock.go).
+//
+// The container's calls are serialised (mu), so no other dump runs.
+func (rt *taskRuntime) RecoverFailedDump(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	l := log.G(ctx).WithField("id", rt.c.id)
 	st, err := rt.s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: rt.c.id})
-	if err != nil || st.Status != apitask.Status_RUNNING {
+	if err != nil {
+		return
+	}
+	if (st.Status == apitask.Status_RUNNING || st.Status == apitask.Status_PAUSED) && st.Pid > 0 {
+		removeCRIUNetworkLocks(l, int(st.Pid))
+	}
+	wantFrozen := st.Status == apitask.Status_PAUSED
+	if !wantFrozen && st.Status != apitask.Status_RUNNING {
 		return
 	}
 	r, err := rt.runc()
 	if err == nil {
 		var frozen bool
-		if frozen, err = r.Frozen(ctx, rt.c.id); err == nil && frozen {
-			err = r.Thaw(ctx, rt.c.id)
-			if err == nil {
+		if frozen, err = r.Frozen(ctx, rt.c.id); err == nil && frozen != wantFrozen {
+			if wantFrozen {
+				err = r.Freeze(ctx, rt.c.id)
+				if err == nil {
+					l.Warn("precopy: froze again the container the client had paused, which a failed CRIU dump left running")
+				}
+			} else if err = r.Thaw(ctx, rt.c.id); err == nil {
 				l.Warn("precopy: thawed the container a failed CRIU dump left frozen")
 			}
 		}
 	}
 	if err != nil {
-		l.WithError(err).Error("precopy: after a failed CRIU dump the container may be frozen, and checking or thawing it failed")
+		l.WithError(err).Errorf("precopy: after a failed CRIU dump the container may not be %s as containerd holds it, and checking or changing its freezer failed", st.Status)
 	}
 }
 
