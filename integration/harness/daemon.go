@@ -40,6 +40,12 @@ type Options struct {
 	// CRI, when set, turns containerd's CRI plugin on (cri.go); without
 	// it the CRI plugins stay off.
 	CRI *CRIOptions
+	// StateTmpfs and TempTmpfs, when not 0, are the sizes in bytes of a
+	// tmpfs of its own mounted as containerd's state dir (bundles, and
+	// precopy's rounds in them) and as its temp dir (where a checkpoint's
+	// image is written before it is stored): a filesystem that fills up
+	// at a size the test chooses.
+	StateTmpfs, TempTmpfs int64
 }
 
 // Daemon is a private containerd: its root, state, sockets, config and log
@@ -55,6 +61,9 @@ type Daemon struct {
 	exited chan struct{}
 	client *containerd.Client
 	cri    *CRIOptions
+	// config and env are what containerd was started with, for Restart.
+	config string
+	env    []string
 }
 
 // disabledPlugins are plugins a private test daemon must not load: CRI
@@ -81,7 +90,6 @@ func StartDaemon(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 		Address:   filepath.Join(dir, "containerd.sock"),
 		Namespace: o.Namespace,
 		LogPath:   filepath.Join(dir, "containerd.log"),
-		exited:    make(chan struct{}),
 		cri:       o.CRI,
 	}
 	defer func() {
@@ -92,35 +100,80 @@ func StartDaemon(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	if err := d.writeCNIConfig(); err != nil {
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
-	cfg := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfg, []byte(d.config(d.criConfig()+o.ExtraConfig, o.DisabledPlugins)), 0o600); err != nil {
+	d.config = filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(d.config, []byte(d.configText(d.criConfig()+o.ExtraConfig, o.DisabledPlugins)), 0o600); err != nil {
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
-	logf, err := os.Create(d.LogPath)
-	if err != nil {
-		return nil, fmt.Errorf("start containerd: %w", err)
+	for _, m := range []struct {
+		dir  string
+		size int64
+	}{{"state", o.StateTmpfs}, {"tmp", o.TempTmpfs}} {
+		if m.size == 0 {
+			continue
+		}
+		path := filepath.Join(dir, m.dir)
+		if err := os.Mkdir(path, 0o700); err != nil {
+			return nil, fmt.Errorf("start containerd: %w", err)
+		}
+		if err := syscall.Mount("tmpfs", path, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", m.size)); err != nil {
+			return nil, fmt.Errorf("start containerd: tmpfs for its %s dir: %w", m.dir, err)
+		}
 	}
-	defer logf.Close()
-
-	d.cmd = exec.Command("containerd", "--config", cfg, "--log-level", "debug")
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	d.cmd.Env = append(os.Environ(), "PATH="+strings.Join(append(o.ShimDirs, os.Getenv("PATH")), ":"))
-	d.cmd.Env = append(d.cmd.Env, o.Env...)
-	// If the test binary dies, containerd goes with it; the shims it
-	// started are found by their -address argument in Close.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := d.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start containerd: %w", err)
-	}
-	go func() { d.cmd.Wait(); close(d.exited) }()
-
-	if err := d.waitServing(ctx); err != nil {
-		return nil, fmt.Errorf("start containerd: %w; its log: %s", err, d.LogTail(20))
+	d.env = append(os.Environ(), "PATH="+strings.Join(append(o.ShimDirs, os.Getenv("PATH")), ":"))
+	d.env = append(d.env, o.Env...)
+	if err := d.start(ctx); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
 
-func (d *Daemon) config(extra string, disabled []string) string {
+// start starts containerd and waits until it serves.
+func (d *Daemon) start(ctx context.Context) error {
+	logf, err := os.OpenFile(d.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("start containerd: %w", err)
+	}
+	defer logf.Close()
+	d.cmd = exec.Command("containerd", "--config", d.config, "--log-level", "debug")
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.cmd.Env = d.env
+	// If the test binary dies, containerd goes with it; the shims it
+	// started are found by their -address argument in Close.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := d.cmd.Start(); err != nil {
+		return fmt.Errorf("start containerd: %w", err)
+	}
+	exited := make(chan struct{})
+	d.exited = exited
+	cmd := d.cmd
+	go func() { cmd.Wait(); close(exited) }()
+
+	if err := d.waitServing(ctx); err != nil {
+		return fmt.Errorf("start containerd: %w; its log: %s", err, d.LogTail(20))
+	}
+	return nil
+}
+
+// Restart stops containerd as its service manager would (SIGTERM) and
+// starts it again with the same config; its shims, and the containers
+// they serve, run on meanwhile, as they do on a real host. Clients made
+// before (Client's) are closed: use Client again.
+func (d *Daemon) Restart(ctx context.Context) error {
+	if d.client != nil {
+		d.client.Close()
+		d.client = nil
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(time.Minute):
+		d.cmd.Process.Kill()
+		<-d.exited
+	}
+	return d.start(ctx)
+}
+
+func (d *Daemon) configText(extra string, disabled []string) string {
 	var quoted []string
 	for _, p := range slices.Concat(d.pluginsToDisable(), disabled) {
 		quoted = append(quoted, fmt.Sprintf("%q", p))
