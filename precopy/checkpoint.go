@@ -87,7 +87,10 @@ func (f *finalDump) run(ctx context.Context, r *Rounds) error {
 	if err := emptyDir(f.cp.ImageDir); err != nil {
 		return fmt.Errorf("one-shot dump after %s: %w", f.report.FellBack, err)
 	}
-	return f.oneShot(ctx)
+	if err := f.oneShot(ctx); err != nil {
+		return fmt.Errorf("%w (redone one-shot after %s)", err, f.report.FellBack)
+	}
+	return nil
 }
 
 // oneShot is the final dump without rounds.
@@ -144,7 +147,7 @@ func (f *finalDump) onRounds(ctx context.Context, r *Rounds) error {
 func (f *finalDump) dump(ctx context.Context, parent string) (measured bool, _ error) {
 	start := f.e.Now()
 	if err := f.cp.Dumper.Dump(ctx, parent); err != nil {
-		return false, err
+		return false, withCRIUErrors(err, f.cp.WorkDir)
 	}
 	wall := f.e.Now().Sub(start)
 	if f.cp.AfterDump != nil && !f.thawed {

@@ -249,7 +249,7 @@ func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, err
 	}
 	begin := e.Now()
 	if err := e.Runtime.PreDump(ctx, d); err != nil {
-		return policy.Round{}, err
+		return policy.Round{}, withCRIUErrors(err, d.Work)
 	}
 	wall := e.Now().Sub(begin)
 	round, err := e.Stats(d.Work)
