@@ -16,6 +16,7 @@ import (
 
 	"github.com/precopy/precopy/integration/harness"
 	"github.com/precopy/precopy/integration/workload"
+	precopyshim "github.com/precopy/precopy/shim"
 )
 
 // testContext is a context in the daemon's namespace that ends with t.
@@ -63,6 +64,18 @@ func runMemloadAnnotated(t *testing.T, d *harness.Daemon, id, runtime string, an
 // Its error is the task's creation's.
 func newMemloadTask(t *testing.T, d *harness.Daemon, id, runtime string, specOpts []oci.SpecOpts, args ...string) (containerd.Task, error) {
 	t.Helper()
+	return newMemloadTaskOn(t, d, id, runtime, specOpts, cio.NewCreator(cio.WithStreams(nil, os.Stderr, os.Stderr)), args...)
+}
+
+// newMemloadTaskIO is newMemloadTask on precopy's runtime with the task's
+// IO made by ioCreator (a terminal, say).
+func newMemloadTaskIO(t *testing.T, d *harness.Daemon, id string, specOpts []oci.SpecOpts, ioCreator cio.Creator, args ...string) (containerd.Task, error) {
+	t.Helper()
+	return newMemloadTaskOn(t, d, id, precopyshim.Runtime, specOpts, ioCreator, args...)
+}
+
+func newMemloadTaskOn(t *testing.T, d *harness.Daemon, id, runtime string, specOpts []oci.SpecOpts, ioCreator cio.Creator, args ...string) (containerd.Task, error) {
+	t.Helper()
 	ctx := testContext(t, d)
 	c := d.Client()
 	image, err := c.GetImage(ctx, harness.MemloadImage)
@@ -78,7 +91,7 @@ func newMemloadTask(t *testing.T, d *harness.Daemon, id, runtime string, specOpt
 		t.Fatalf("create container %s on %s: %v", id, runtime, err)
 	}
 	t.Cleanup(func() { removeContainer(t, d, id) })
-	return ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, os.Stderr, os.Stderr)))
+	return ctr.NewTask(ctx, ioCreator)
 }
 
 // waitMemloadReady waits until the workload has filled its memory and
