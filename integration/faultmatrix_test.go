@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/api/types/runc/options"
@@ -92,7 +93,7 @@ func requireNothingLeft(t *testing.T, ctx context.Context, d *harness.Daemon, ta
 		if err != nil {
 			t.Errorf("CRIU's network lock: %v", err)
 		} else if len(locks) > 0 {
-			t.Errorf("CRIU's network lock left in the container's network namespace: nftables tables %v: it is cut off", locks)
+			t.Errorf("CRIU's network lock left in the container's network namespace: %v: it is cut off", locks)
 		}
 	}
 }
@@ -201,14 +202,28 @@ func killFinalDump(t *testing.T, ctx context.Context, d *harness.Daemon, task co
 // says why it fell back; natively the one-shot dump was the only one and
 // the checkpoint fails saying CRIU failed. Either way the container runs
 // on after the client's Resume with its memory intact, its network
-// unlocked, and no rounds or CRIU left.
+// unlocked, and no rounds or CRIU left. CRIU locks the network with
+// nftables as precopy has it do, or with its default iptables method
+// (through iptables-nft) where an operator's CRIU_CONFIG_FILE keeps
+// precopy's options out.
 func TestFinalDumpCRIUKilled(t *testing.T) {
-	d := startFaultDaemon(t, "final-killed", harness.Options{TempTmpfs: 1 << 30})
+	t.Run("nftables", func(t *testing.T) { testFinalDumpCRIUKilled(t, "final-killed", nil) })
+	t.Run("iptables", func(t *testing.T) {
+		own := filepath.Join(t.TempDir(), "criu.conf")
+		if err := os.WriteFile(own, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		testFinalDumpCRIUKilled(t, "final-killed-ipt", []string{"CRIU_CONFIG_FILE=" + own})
+	})
+}
+
+func testFinalDumpCRIUKilled(t *testing.T, name string, env []string) {
+	d := startFaultDaemon(t, name, harness.Options{TempTmpfs: 1 << 30, Env: env})
 	ctx := testContext(t, d)
-	task := runMemloadWith(t, d, "final-killed", precopyshim.Runtime, preCopiedArgs...)
+	task := runMemloadWith(t, d, name, precopyshim.Runtime, preCopiedArgs...)
 	before := queryMemload(t, ctx, task)
 
-	const ref = "precopy.test/checkpoint:final-killed"
+	ref := "precopy.test/checkpoint:" + name
 	err := killFinalDump(t, ctx, d, task, ref, containerd.WithCheckpointRuntime, containerd.WithCheckpointRW, containerd.WithCheckpointTask)
 	if stack.softDirty {
 		if err != nil {
@@ -219,8 +234,7 @@ func TestFinalDumpCRIUKilled(t *testing.T) {
 			t.Errorf("report does not say the final dump on the rounds failed: %+v", report)
 		}
 		t.Logf("fell back: %q (pre-copied %v, skipped %q)", report.FellBack, report.PreCopied, report.Skipped)
-		removeContainer(t, d, "final-killed-dst")
-		restored := restoreCtr(t, ctx, d, "final-killed-dst", ref)
+		restored := restoreCtr(t, ctx, d, name+"-dst", ref)
 		checkMemoryContinued(t, before, queryMemload(t, ctx, restored))
 		removeContainer(t, d, restored.ID())
 	} else if err == nil || !strings.Contains(err.Error(), "criu") {
@@ -298,6 +312,7 @@ func TestConcurrentCheckpoints8(t *testing.T) {
 	var wg sync.WaitGroup
 	for i, task := range tasks {
 		refs[i] = fmt.Sprintf("precopy.test/checkpoint:many-%d", i)
+		removeImageAtEnd(t, d, refs[i])
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -608,4 +623,14 @@ func TestPrecopydStoppedBetweenPauseAndCheckpoint(t *testing.T) {
 		t.Errorf("resume after precopyd came back: %v", err)
 	}
 	requireStatus(t, ctx, task, containerd.Running)
+}
+
+// removeImageAtEnd removes image ref from d when t ends, so that the test
+// can run again on the same containerd (-count).
+func removeImageAtEnd(t *testing.T, d *harness.Daemon, ref string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(d.Context(context.Background()), time.Minute)
+		defer cancel()
+		d.Client().ImageService().Delete(ctx, ref)
+	})
 }

@@ -43,6 +43,7 @@ func TestRestoreHostileImage(t *testing.T) {
 	src := runMemload(t, d, "hostile-src", precopyshim.Runtime)
 	before := queryMemload(t, ctx, src)
 	const ref = "precopy.test/checkpoint:hostile-base"
+	removeImageAtEnd(t, d, ref)
 	checkpointCtr(t, ctx, d, src.ID(), ref)
 	removeContainer(t, d, src.ID())
 

@@ -3,39 +3,45 @@
 package shim
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"github.com/containerd/log"
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 )
 
-// criuLockPrefix names the nftables tables of CRIU's network lock: `inet
-// CRIU-<run id>` (criu/netfilter.c), which drop every packet of the
-// namespace but CRIU's own while it dumps. precopy has CRIU lock with
-// nftables (criuconfig.go).
-const criuLockPrefix = "CRIU-"
+// CRIU's network lock (criu/netfilter.c, criu/net.c) drops every packet of
+// the container's namespace but CRIU's own while it dumps, and is removed
+// before CRIU exits; a CRIU killed during a dump leaves it, and the
+// container cut off from its network (loopback included) while it runs
+// on. With nftables (what precopy has CRIU use, criuconfig.go) it is a
+// table `inet CRIU-<run id>`; with CRIU's iptables method through
+// iptables-nft (Debian's iptables) it is a chain CRIU in the ip and ip6
+// filter tables, jumped to first from INPUT and OUTPUT. Both are found
+// and removed over netlink; an iptables-legacy lock is not looked for.
+const (
+	criuLockTablePrefix = "CRIU-"
+	criuLockChain       = "CRIU"
+)
 
-// removeCRIUNetworkLocks deletes the network locks CRIU left in the
-// network namespace of process pid. CRIU removes its lock before it
-// exits; a CRIU killed during a dump leaves it, and the container cut off
-// from its network (loopback included) while it runs on. Called after a
-// dump failed, when no CRIU of the container runs (runc waited for it), so
-// any such table is a dead CRIU's. Best effort: it logs what it cannot do.
-// CRIU's iptables lock (a CRIU chain, where nftables is not used) is not
-// looked for.
+// removeCRIUNetworkLocks removes the network locks CRIU left in the
+// network namespace of process pid. Called after a dump failed, when no
+// CRIU of the container runs (runc waited for it), so any lock is a dead
+// CRIU's. Best effort: it logs what it cannot do.
 func removeCRIUNetworkLocks(l *log.Entry, pid int) {
-	removed, err := removeNFTablesLocks(pid)
+	removed, err := removeNetfilterLocks(pid)
 	if len(removed) > 0 {
-		l.WithField("tables", removed).Warn("precopy: removed the network lock a failed CRIU dump left")
+		l.WithField("locks", removed).Warn("precopy: removed the network lock a failed CRIU dump left")
 	}
 	if err != nil {
 		l.WithError(err).Error("precopy: after a failed CRIU dump the container's network may be locked, and removing CRIU's lock failed")
 	}
 }
 
-func removeNFTablesLocks(pid int) ([]string, error) {
+func removeNetfilterLocks(pid int) ([]string, error) {
 	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
 		return nil, err
@@ -48,22 +54,60 @@ func removeNFTablesLocks(pid int) ([]string, error) {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	defer conn.CloseLasting()
+	var removed []string
 	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: list tables: %w", err)
 	}
-	var removed []string
 	for _, t := range tables {
-		if strings.HasPrefix(t.Name, criuLockPrefix) {
+		if strings.HasPrefix(t.Name, criuLockTablePrefix) {
 			conn.DelTable(t)
-			removed = append(removed, t.Name)
+			removed = append(removed, "table inet "+t.Name)
 		}
 	}
+	chains, err := conn.ListChains()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: list chains: %w", err)
+	}
+	var errs []error
+	for _, c := range chains {
+		if c.Name != criuLockChain || c.Table.Name != "filter" {
+			continue
+		}
+		for _, from := range chains {
+			if from.Table.Name != c.Table.Name || from.Table.Family != c.Table.Family || (from.Name != "INPUT" && from.Name != "OUTPUT") {
+				continue
+			}
+			rules, err := conn.GetRules(from.Table, from)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("nftables: rules of %s: %w", from.Name, err))
+				continue
+			}
+			for _, r := range rules {
+				if jumpsTo(r, criuLockChain) {
+					errs = append(errs, conn.DelRule(r))
+				}
+			}
+		}
+		conn.FlushChain(c)
+		conn.DelChain(c)
+		removed = append(removed, fmt.Sprintf("chain %s CRIU", c.Table.Name))
+	}
 	if len(removed) == 0 {
-		return nil, nil
+		return nil, errors.Join(errs...)
 	}
 	if err := conn.Flush(); err != nil {
-		return nil, fmt.Errorf("nftables: delete %v: %w", removed, err)
+		return nil, fmt.Errorf("nftables: remove %v: %w", removed, err)
 	}
-	return removed, nil
+	return removed, errors.Join(errs...)
+}
+
+// jumpsTo says whether rule r jumps to chain.
+func jumpsTo(r *nftables.Rule, chain string) bool {
+	for _, e := range r.Exprs {
+		if v, ok := e.(*expr.Verdict); ok && v.Kind == expr.VerdictJump && v.Chain == chain {
+			return true
+		}
+	}
+	return false
 }

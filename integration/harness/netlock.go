@@ -8,11 +8,12 @@ import (
 	"github.com/google/nftables"
 )
 
-// CRIUNetworkLocks lists the nftables tables CRIU's network lock made in
-// the network namespace of process pid (`inet CRIU-<run id>`): CRIU adds
-// one while it dumps, dropping every packet but its own, and removes it
-// before it exits; a CRIU killed in between leaves it, and the namespace
-// cut off.
+// CRIUNetworkLocks lists the network locks CRIU made in the network
+// namespace of process pid: its nftables tables (`inet CRIU-<run id>`),
+// and its iptables chains as iptables-nft makes them (a chain CRIU in a
+// filter table). CRIU adds one while it dumps, dropping every packet but
+// its own, and removes it before it exits; a CRIU killed in between
+// leaves it, and the namespace cut off.
 func CRIUNetworkLocks(pid int) ([]string, error) {
 	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
@@ -31,7 +32,16 @@ func CRIUNetworkLocks(pid int) ([]string, error) {
 	var locks []string
 	for _, t := range tables {
 		if strings.HasPrefix(t.Name, "CRIU-") {
-			locks = append(locks, t.Name)
+			locks = append(locks, "table inet "+t.Name)
+		}
+	}
+	chains, err := conn.ListChains()
+	if err != nil {
+		return nil, fmt.Errorf("nftables chains of the network namespace of %d: %w", pid, err)
+	}
+	for _, c := range chains {
+		if c.Name == "CRIU" {
+			locks = append(locks, fmt.Sprintf("chain %s %s", c.Table.Name, c.Name))
 		}
 	}
 	return locks, nil
