@@ -74,10 +74,12 @@ func parentPid(pid int) int {
 }
 
 // requireNothingLeft checks what no fault may leave of a checkpoint of
-// task on d: the shim's rounds in its bundle, a CRIU working for d, and
-// (while the task runs) CRIU's network lock in its network namespace.
+// task on d: the shim's rounds in its bundle, a pin of its writable layer
+// (mount or copy), a CRIU working for d, and (while the task runs) CRIU's
+// network lock in its network namespace.
 func requireNothingLeft(t *testing.T, ctx context.Context, d *harness.Daemon, task containerd.Task) {
 	t.Helper()
+	requireNoPins(t, d)
 	if _, err := os.Stat(roundsDir(d, task.ID())); !os.IsNotExist(err) {
 		t.Errorf("pre-copy rounds left in the bundle: %v", err)
 	}
