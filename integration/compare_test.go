@@ -42,6 +42,7 @@ func TestCheckpointRestorePTY(t *testing.T) {
 		t.Fatal(err)
 	}
 	const ref = "precopy.test/checkpoint:pty"
+	removeImageAtEnd(t, d, ref)
 	// containerd's test does not pause: its client's Container.Checkpoint
 	// diffs the rw layer (RW comes before Task) while the task runs,
 	// which restores a rootfs older than the memory (the workload sees
