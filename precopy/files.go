@@ -62,7 +62,7 @@ func readRegular(path string, limit int64) ([]byte, error) {
 // over name: whatever name was (a symlink included) is replaced, never
 // written through, and no reader sees it half-written.
 func writeInDir(dir, name string, r io.Reader) (retErr error) {
-	tmp, err := os.CreateTemp(dir, "."+name+".*") // O_EXCL
+	tmp, err := os.CreateTemp(dir, "."+name+".*") // O_EXCL, mode 0600
 	if err != nil {
 		return err
 	}
@@ -73,9 +73,6 @@ func writeInDir(dir, name string, r io.Reader) (retErr error) {
 		}
 	}()
 	if _, err := io.Copy(tmp, r); err != nil {
-		return err
-	}
-	if err := tmp.Chmod(0o600); err != nil {
 		return err
 	}
 	if err := tmp.Close(); err != nil {
