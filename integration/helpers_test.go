@@ -154,7 +154,17 @@ func queryMemload(t *testing.T, ctx context.Context, task containerd.Task) workl
 	if code, _, _ := status.Result(); code != 0 {
 		t.Fatalf("memload query in %s exited %d: %s", task.ID(), code, stderr.String())
 	}
-	// Wait returns at the process exit; the FIFO may still be draining.
+	// Wait returns at the process exit; the FIFO may still be draining,
+	// and Delete cancels the copy before it waits for it (containerd's
+	// client), losing what it had not read yet: wait for the copy to end
+	// (the shim closes the FIFO after the process's last write) first.
+	copied := make(chan struct{})
+	go func() { p.IO().Wait(); close(copied) }()
+	select {
+	case <-copied:
+	case <-time.After(time.Minute):
+		t.Errorf("the output of memload query in %s was still being copied a minute after it exited", task.ID())
+	}
 	p.Delete(ctx)
 	st, err := workload.ParseStatus(stdout.Bytes())
 	if err != nil {
