@@ -81,7 +81,14 @@ func (f *finalDump) run(ctx context.Context, r *Rounds) error {
 	}
 	// A leave-running dump of a task the client did not pause, whose CRIU
 	// died, left the cgroup frozen; a dump of it now would leave it so.
-	f.e.Runtime.RecoverFailedDump(ctx)
+	// One whose CRIU died having thawed the task the client paused let it
+	// run: a dump now would hold memory newer than what the client took
+	// at its pause (its diff of the writable layer, which ctr takes
+	// between Pause and Checkpoint), and the restored task would see a
+	// rootfs older than its memory.
+	if f.e.Runtime.RecoverFailedDump(ctx) {
+		return fmt.Errorf("%w (CRIU died after thawing the paused container, which ran on: not redone, as a dump now would be newer than what the client took at its pause)", err)
+	}
 	f.report.FellBack = err.Error()
 	f.e.Log.Warnf("precopy: checkpoint redone one-shot: %v", err)
 	if err := emptyDir(f.cp.ImageDir); err != nil {

@@ -151,14 +151,17 @@ func TestCheckpointNotRedone(t *testing.T) {
 	for name, tc := range map[string]struct {
 		exit, thaw bool
 		failFinal  bool
-		want       string
+		// ran: the dead CRIU thawed the container the client had paused.
+		ran  bool
+		want string
 	}{
 		"exit mode, final dump fails": {exit: true, failFinal: true, want: "stops the container: not redone"},
 		"exit mode, flatten fails":    {exit: true, want: "stops the container: not redone"},
 		"thawed early, flatten fails": {thaw: true, want: "thawed after the dump: not redone"},
+		"CRIU died having thawed it":  {failFinal: true, ran: true, want: "ran on: not redone"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			f := &fakeCRIU{rounds: synthetic(1), finals: twoFinals(), failFinal: tc.failFinal}
+			f := &fakeCRIU{rounds: synthetic(1), finals: twoFinals(), failFinal: tc.failFinal, ranWhilePaused: tc.ran}
 			e := newFakeEngine(t, f, fixed(1))
 			e.Flatten = flattenParent("image")
 			cp := f.checkpoint

@@ -37,8 +37,10 @@ type Runtime interface {
 	// RecoverFailedDump puts the container back as the client left it
 	// (running, or paused) after a dump that failed: a killed CRIU can
 	// leave its cgroup frozen, thawed under a client's pause, or its
-	// network locked.
-	RecoverFailedDump(ctx context.Context)
+	// network locked. It says whether the container ran although the
+	// client held it paused (a CRIU that died having thawed the cgroup):
+	// its memory then moved on from where the client paused it.
+	RecoverFailedDump(ctx context.Context) (ranWhilePaused bool)
 }
 
 // Dirs are one CRIU dump's directories.

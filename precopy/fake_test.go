@@ -38,6 +38,9 @@ type fakeCRIU struct {
 	failPreDump        int
 	failFinal, failAll bool
 	recoveries         int
+	// ranWhilePaused is what RecoverFailedDump says: the failed dump's
+	// CRIU thawed the container the client had paused.
+	ranWhilePaused bool
 	pids               []int
 	interruptAt        int
 	interrupt          chan struct{}
@@ -86,7 +89,10 @@ func (f *fakeCRIU) Pids(context.Context) ([]int, error) {
 	return f.pids, nil
 }
 
-func (f *fakeCRIU) RecoverFailedDump(context.Context) { f.recoveries++ }
+func (f *fakeCRIU) RecoverFailedDump(context.Context) bool {
+	f.recoveries++
+	return f.ranWhilePaused
+}
 
 func (f *fakeCRIU) Dump(_ context.Context, parent string) error {
 	f.parents = append(f.parents, parent)

@@ -231,6 +231,26 @@ func TestExitModeDumpFailure(t *testing.T) {
 	}
 }
 
+// TestFinalDumpThawedByDeadCRIU: a final dump on the rounds whose CRIU
+// died having thawed the container the client paused is not redone
+// one-shot (the container ran since the client's pause); the pause is
+// made again, and the checkpoint fails saying why.
+func TestFinalDumpThawedByDeadCRIU(t *testing.T) {
+	h := newHarness(t, nil, false)
+	h.look()
+	if err := h.pause(); err != nil {
+		t.Fatal(err)
+	}
+	h.tasks.failDump, h.tasks.failDumpThawed = true, true
+	_, err := h.checkpoint(&options.CheckpointOptions{})
+	if err == nil || !strings.Contains(err.Error(), "not redone") {
+		t.Errorf("checkpoint error %v, want one saying it was not redone", err)
+	}
+	if frozen, _ := h.tasks.Frozen(h.ctx, h.id); !frozen || len(h.tasks.dumpOpts) != 1 || h.tasks.count("runc pause") != 1 {
+		t.Errorf("frozen %v after %d dumps, calls %q; want one dump and the client's pause made again", frozen, len(h.tasks.dumpOpts), h.tasks.called())
+	}
+}
+
 // TestPauseFailureDiscardsRounds: a Pause that pre-copied but could not
 // freeze the task keeps nothing.
 func TestPauseFailureDiscardsRounds(t *testing.T) {

@@ -81,25 +81,26 @@ func (s *Service) pids(ctx context.Context, id string) ([]int, error) {
 //   - its network lock (lock.go).
 //
 // The container's calls are serialised (mu), so no other dump runs.
-func (rt *taskRuntime) RecoverFailedDump(ctx context.Context) {
+func (rt *taskRuntime) RecoverFailedDump(ctx context.Context) (ranWhilePaused bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	l := log.G(ctx).WithField("id", rt.c.id)
 	st, err := rt.s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: rt.c.id})
 	if err != nil {
-		return
+		return false
 	}
 	if (st.Status == apitask.Status_RUNNING || st.Status == apitask.Status_PAUSED) && st.Pid > 0 {
 		removeCRIUNetworkLocks(l, int(st.Pid))
 	}
 	wantFrozen := st.Status == apitask.Status_PAUSED
 	if !wantFrozen && st.Status != apitask.Status_RUNNING {
-		return
+		return false
 	}
 	r, err := rt.runc()
 	if err == nil {
 		var frozen bool
 		if frozen, err = r.Frozen(ctx, rt.c.id); err == nil && frozen != wantFrozen {
+			ranWhilePaused = wantFrozen
 			if wantFrozen {
 				err = r.Freeze(ctx, rt.c.id)
 				if err == nil {
@@ -113,6 +114,7 @@ func (rt *taskRuntime) RecoverFailedDump(ctx context.Context) {
 	if err != nil {
 		l.WithError(err).Errorf("precopy: after a failed CRIU dump the container may not be %s as containerd holds it, and checking or changing its freezer failed", st.Status)
 	}
+	return ranWhilePaused
 }
 
 // taskDump is one checkpoint's final dump through the runc-v2 service:
