@@ -154,7 +154,7 @@ func (f *finalDump) onRounds(ctx context.Context, r *Rounds) error {
 func (f *finalDump) dump(ctx context.Context, parent string) (measured bool, _ error) {
 	start := f.e.Now()
 	if err := f.cp.Dumper.Dump(ctx, parent); err != nil {
-		return false, withCRIUErrors(err, f.cp.WorkDir)
+		return false, err
 	}
 	wall := f.e.Now().Sub(start)
 	if f.cp.AfterDump != nil && !f.thawed {

@@ -251,7 +251,7 @@ func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, err
 	}
 	begin := e.Now()
 	if err := e.Runtime.PreDump(ctx, d); err != nil {
-		return policy.Round{}, withCRIUErrors(err, d.Work)
+		return policy.Round{}, err
 	}
 	wall := e.Now().Sub(begin)
 	round, err := e.Stats(d.Work)

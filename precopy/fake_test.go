@@ -41,10 +41,10 @@ type fakeCRIU struct {
 	// ranWhilePaused is what RecoverFailedDump says: the failed dump's
 	// CRIU thawed the container the client had paused.
 	ranWhilePaused bool
-	pids               []int
-	interruptAt        int
-	interrupt          chan struct{}
-	checkpoint         Checkpoint
+	pids           []int
+	interruptAt    int
+	interrupt      chan struct{}
+	checkpoint     Checkpoint
 }
 
 // nth is stats[n], or the last of them.

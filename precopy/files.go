@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -79,41 +78,4 @@ func writeInDir(dir, name string, r io.Reader) (retErr error) {
 		return err
 	}
 	return os.Rename(tmp.Name(), filepath.Join(dir, name))
-}
-
-// criuLogTail bounds how much of the end of CRIU's log criuErrors reads.
-const criuLogTail = 64 << 10
-
-// criuErrors is the last few error lines of the CRIU log (dump.log) in a
-// dump's work dir, joined, or "". runc's error for a failed dump says
-// only that CRIU failed and where its log was, and the log goes with the
-// rounds or the work dir; these lines say why (no space left, a task
-// gone, ...).
-func criuErrors(workDir string) string {
-	f, size, err := openRegular(filepath.Join(workDir, "dump.log"), 1<<62)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	off := max(size-criuLogTail, 0)
-	b := make([]byte, size-off)
-	n, _ := f.ReadAt(b, off)
-	var errs []string
-	for _, line := range strings.Split(string(b[:n]), "\n") {
-		if strings.Contains(line, "Error (") {
-			errs = append(errs, strings.TrimSpace(line[strings.Index(line, "Error ("):]))
-		}
-	}
-	if len(errs) > 3 {
-		errs = errs[len(errs)-3:]
-	}
-	return strings.Join(errs, "; ")
-}
-
-// withCRIUErrors adds what CRIU's log in workDir says went wrong to err.
-func withCRIUErrors(err error, workDir string) error {
-	if why := criuErrors(workDir); why != "" {
-		return fmt.Errorf("%w; CRIU's log: %s", err, why)
-	}
-	return err
 }

@@ -130,25 +130,3 @@ func TestWritesNeverFollowSymlinks(t *testing.T) {
 }
 
 func mkfifo(path string) error { return unix.Mkfifo(path, 0o600) }
-
-func TestCRIUErrors(t *testing.T) {
-	dir := t.TempDir()
-	if got := criuErrors(dir); got != "" {
-		t.Errorf("no log: %q", got)
-	}
-	log := "(00.000001) Dumping pages\n(00.100000) Error (criu/page-xfer.c:1): Unable to write pages: No space left on device\n(00.100001) Error (criu/cr-dump.c:2): Dumping FAILED.\n(00.2) Unlock network\n"
-	if err := os.WriteFile(filepath.Join(dir, "dump.log"), []byte(log), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	want := "Error (criu/page-xfer.c:1): Unable to write pages: No space left on device; Error (criu/cr-dump.c:2): Dumping FAILED."
-	if got := criuErrors(dir); got != want {
-		t.Errorf("got %q, want %q", got, want)
-	}
-	other := filepath.Join(t.TempDir(), "log")
-	os.WriteFile(other, []byte("Error (x): not this one\n"), 0o600)
-	os.Remove(filepath.Join(dir, "dump.log"))
-	os.Symlink(other, filepath.Join(dir, "dump.log"))
-	if got := criuErrors(dir); got != "" {
-		t.Errorf("a symlinked log was read: %q", got)
-	}
-}

@@ -47,7 +47,12 @@ func (rt *taskRuntime) PreDump(ctx context.Context, d precopy.Dirs) error {
 	if err != nil {
 		return err
 	}
-	return r.PreDump(ctx, rt.c.id, d)
+	if err := r.PreDump(ctx, rt.c.id, d); err != nil {
+		// The round's work dir goes with the failed rounds: what CRIU
+		// logged (no space left, say) must be in the report's reason.
+		return withCRIUReason(err, d.Work)
+	}
+	return nil
 }
 
 func (rt *taskRuntime) Pids(ctx context.Context) ([]int, error) { return rt.s.pids(ctx, rt.c.id) }
