@@ -14,7 +14,11 @@ const chunkSize = 1 << 20
 // buffer holds a blob's bytes in fixed-size chunks rather than one slice.
 // Checkpoint images run to gigabytes; a single growing slice would be copied
 // on every reallocation and briefly need about twice its size, which would
-// make the byte limit a lie. Full chunks are never moved.
+// make the byte limit a lie. Only the first chunk grows (small blobs,
+// manifests and configs, stay small); every later one is made full size at
+// once, so the bytes of a large blob are copied once, from the write into
+// their chunk. Bytes once written are never changed, but by Truncate (the
+// first chunk's are copied as it grows; slices of the old copy stay valid).
 type buffer struct {
 	chunks [][]byte // all full (chunkSize long) but the last
 	size   int64
@@ -28,9 +32,13 @@ func (b *buffer) Write(p []byte) (int, error) {
 	for len(p) > 0 {
 		last := len(b.chunks) - 1
 		if last < 0 || len(b.chunks[last]) == chunkSize {
-			// Small blobs (manifests, configs) get a small chunk;
-			// append grows it up to chunkSize as needed.
-			b.chunks = append(b.chunks, make([]byte, 0, min(len(p), chunkSize)))
+			// The first chunk starts small and append grows it up
+			// to chunkSize as needed; a blob that fills it is large.
+			size := chunkSize
+			if last < 0 {
+				size = min(len(p), chunkSize)
+			}
+			b.chunks = append(b.chunks, make([]byte, 0, size))
 			last++
 		}
 		k := min(chunkSize-len(b.chunks[last]), len(p))
@@ -39,6 +47,12 @@ func (b *buffer) Write(p []byte) (int, error) {
 	}
 	b.size += int64(n)
 	return n, nil
+}
+
+// chunkFrom returns the bytes from off to the end of the chunk holding off
+// (at most the end of the buffer), sharing the buffer's memory.
+func (b *buffer) chunkFrom(off int64) []byte {
+	return b.chunks[off/chunkSize][off%chunkSize:]
 }
 
 // ReadAt implements io.ReaderAt.
