@@ -1,7 +1,9 @@
 // Package contentservice serves a content.Store over containerd's content
 // gRPC API, the protocol containerd speaks to a "content" proxy plugin. The
-// API itself is containerd's own (plugins/services/content/contentserver);
-// this package only sets up the gRPC server the way containerd does.
+// API is containerd's own (plugins/services/content/contentserver), served
+// by containerd's code but for Write, which is rewritten to make each write
+// of a stream cheaper (write.go), on a gRPC server set up for the API's
+// data-carrying messages (codec, bufferPool).
 package contentservice
 
 import (
@@ -10,28 +12,46 @@ import (
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/plugins/services/content/contentserver"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 )
 
 // NewServer returns a gRPC server offering cs as containerd's content
-// service. Its message limits are containerd's (16 MiB): containerd's proxy
-// client writes in chunks of half that and expects replies up to it, and
-// gRPC's own 4 MiB default would refuse them.
-func NewServer(cs content.Store, opts ...grpc.ServerOption) *grpc.Server {
+// service, with ServerOptions.
+func NewServer(cs content.Store, opts ...grpc.ServerOption) (*grpc.Server, *Service) {
 	srv := grpc.NewServer(append(ServerOptions(), opts...)...)
-	Register(srv, cs)
-	return srv
+	return srv, Register(srv, cs)
 }
 
-// ServerOptions are containerd's message limits, for a server that offers
-// more than the content service.
+// ServerOptions are what a gRPC server offering the content service needs,
+// whatever else it offers:
+//   - containerd's message limits (16 MiB): containerd's proxy client writes
+//     in chunks of half that and expects replies up to it, and gRPC's own
+//     4 MiB default would refuse them;
+//   - the codec and buffer pool, which take the allocation and clearing of
+//     buffers off every message (codec.go, pool.go); messages of other
+//     services are encoded as gRPC's own codec does.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
+		grpc.ForceServerCodecV2(codec{}),
+		experimental.BufferPool(pool),
 	}
 }
 
-// Register offers cs as containerd's content service on srv.
-func Register(srv *grpc.Server, cs content.Store) {
-	contentapi.RegisterContentServer(srv, contentserver.New(cs))
+// Service is containerd's content service offering a store.
+type Service struct {
+	contentapi.ContentServer // containerd's, for all but Write
+	store                    content.Store
+	stats                    writeStats
 }
+
+// Register offers cs as containerd's content service on srv.
+func Register(srv *grpc.Server, cs content.Store) *Service {
+	s := &Service{ContentServer: contentserver.New(cs), store: cs}
+	contentapi.RegisterContentServer(srv, s)
+	return s
+}
+
+// Metrics are the counts of the content writes served so far.
+func (s *Service) Metrics() WriteMetrics { return s.stats.metrics() }

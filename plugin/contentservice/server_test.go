@@ -28,7 +28,7 @@ func serve(t testing.TB, root string, store content.Store) (content.Store, func(
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(store)
+	srv, _ := NewServer(store)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 
