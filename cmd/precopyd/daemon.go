@@ -41,13 +41,14 @@ const snapshotterDir = "snapshotter"
 
 // daemon is precopyd set up and listening, not yet serving.
 type daemon struct {
-	cfg       config
-	content   *contentStore
-	snapshots *snapshotter.Snapshotter // nil if off
-	grpc      *grpc.Server
-	listener  net.Listener
-	debug     *http.Server // nil if off
-	debugL    net.Listener
+	cfg        config
+	content    *contentStore
+	contentAPI *contentservice.Service
+	snapshots  *snapshotter.Snapshotter // nil if off
+	grpc       *grpc.Server
+	listener   net.Listener
+	debug      *http.Server // nil if off
+	debugL     net.Listener
 }
 
 // newDaemon claims the socket, sets up the content store (recovering what
@@ -79,7 +80,7 @@ func newDaemon(ctx context.Context, cfg config) (_ *daemon, retErr error) {
 		}
 	}
 	d.grpc = grpc.NewServer(contentservice.ServerOptions()...)
-	contentservice.Register(d.grpc, d.content.store)
+	d.contentAPI = contentservice.Register(d.grpc, d.content.store)
 	if d.snapshots != nil {
 		snapshotsapi.RegisterSnapshotsServer(d.grpc, snapshotservice.FromSnapshotter(d.snapshots))
 		pinservice.Register(d.grpc, d.snapshots, cfg.pinTTL)
