@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	"github.com/precopy/precopy/plugin/contentservice"
@@ -68,7 +70,7 @@ func newDaemon(ctx context.Context, cfg config) (_ *daemon, retErr error) {
 			d.closeStores(ctx)
 		}
 	}()
-	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
+	if err := privateDir(cfg.stateDir); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
 	if d.content, err = openContent(ctx, cfg); err != nil {
@@ -153,7 +155,7 @@ func (d *daemon) closeStores(ctx context.Context) error {
 
 // listenUnix listens on a unix socket only root can use: it creates the
 // socket's directory 0700 if missing, replaces a stale socket left by a
-// dead daemon, and makes the socket 0600.
+// dead daemon, and creates the socket 0600.
 func listenUnix(path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
@@ -169,18 +171,39 @@ func listenUnix(path string) (net.Listener, error) {
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
 	}
+	// bind(2) creates the socket with 0777 less the umask, so it is
+	// created 0600 under a umask that clears the rest: it is never
+	// reachable with a wider mode, as it would be between a bind under
+	// the usual umask and a chmod. The umask is the process's; precopyd
+	// listens before it starts anything else that creates files.
+	old := unix.Umask(0o177)
 	l, err := net.Listen("unix", path)
+	unix.Umask(old)
+	return l, err
+}
+
+// privateDir makes sure dir exists, belongs to this process's user and is
+// neither readable nor writable by anyone else, creating it 0700 if it is
+// missing. precopyd keeps there what containerd trusts it with (the
+// record of its content, the snapshotter's layers and metadata): a dir
+// others can read or write would let them read or change that.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Stat(dir)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	// Until this chmod the socket has the umask's mode; under the usual
-	// 022 that is 0755, which lets no one else connect either (connecting
-	// needs write permission).
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, err
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
 	}
-	return l, nil
+	owner := int(fi.Sys().(*syscall.Stat_t).Uid)
+	if perm := fi.Mode().Perm(); perm&0o066 != 0 || owner != os.Geteuid() {
+		return fmt.Errorf("%s is %v, owned by uid %d: others could read or change what precopyd keeps there; make it owned by uid %d and private (chmod 700 %s)",
+			dir, perm, owner, os.Geteuid(), dir)
+	}
+	return nil
 }
 
 // removeStaleSocket removes a socket no one serves on. It refuses to remove

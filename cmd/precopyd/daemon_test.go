@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content/proxy"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -25,7 +27,7 @@ import (
 func TestDaemon(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "run", "precopyd")
 	sock := filepath.Join(dir, "precopyd.sock")
-	cfg := config{address: sock, stateDir: t.TempDir(), contentLimit: 1 << 20, debugAddress: "127.0.0.1:0"}
+	cfg := config{address: sock, stateDir: filepath.Join(t.TempDir(), "state"), contentLimit: 1 << 20, debugAddress: "127.0.0.1:0"}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -95,7 +97,7 @@ func TestStaleSocket(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sock := filepath.Join(t.TempDir(), "precopyd.sock")
-	state := t.TempDir()
+	state := filepath.Join(t.TempDir(), "state")
 
 	// A socket whose listener is gone without unlinking it is stale.
 	d, err := newDaemon(ctx, config{address: sock, stateDir: state})
@@ -145,5 +147,75 @@ func TestByteSize(t *testing.T) {
 		if err := b.Set(n.String()); err != nil || b != n {
 			t.Errorf("Set(%q) = %d, %v; want %d", n.String(), b, err, n)
 		}
+	}
+}
+
+// TestListenerMode checks the mode the listener creates the socket with,
+// under the most permissive umask and in a directory anyone can enter and
+// write (as /tmp): 0600 from the start, not only after a chmod.
+func TestListenerMode(t *testing.T) {
+	old := unix.Umask(0)
+	defer unix.Umask(old)
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "precopyd.sock")
+	l, err := listenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	checkMode(t, sock, fs.ModeSocket|0o600)
+	// The umask is the process's own again.
+	if got := unix.Umask(0); got != 0 {
+		t.Errorf("umask left at %#o", got)
+	}
+}
+
+// TestStateDirRefused checks that precopyd creates a missing state dir
+// 0700 and refuses one others can read or write, or that another user
+// owns.
+func TestStateDirRefused(t *testing.T) {
+	ctx := context.Background()
+	sock := filepath.Join(t.TempDir(), "precopyd.sock")
+	missing := filepath.Join(t.TempDir(), "a", "state")
+	d, err := newDaemon(ctx, config{address: sock, stateDir: missing})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.listener.Close()
+	d.closeStores(ctx)
+	checkMode(t, missing, fs.ModeDir|0o700)
+
+	for _, tc := range []struct {
+		mode fs.FileMode
+		uid  int
+		ok   bool
+	}{
+		{0o700, 0, true}, {0o711, 0, true},
+		{0o755, 0, false}, {0o770, 0, false}, {0o707, 0, false}, {0o740, 0, false},
+		{0o700, 1, false},
+	} {
+		dir := t.TempDir()
+		if err := os.Chmod(dir, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		uid := os.Geteuid() + tc.uid
+		if err := os.Chown(dir, uid, -1); err != nil {
+			t.Fatal(err)
+		}
+		d, err := newDaemon(ctx, config{address: sock, stateDir: dir})
+		if err == nil {
+			d.listener.Close()
+			d.closeStores(ctx)
+		}
+		if tc.ok && err != nil {
+			t.Errorf("state dir %v owned by uid %d refused: %v", tc.mode, uid, err)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(err.Error(), "others could read or change")) {
+			t.Errorf("state dir %v owned by uid %d: got %v, want it refused", tc.mode, uid, err)
+		}
+		os.Chown(dir, os.Geteuid(), -1) // for t.TempDir's cleanup
 	}
 }

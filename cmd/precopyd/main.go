@@ -13,7 +13,8 @@
 //	  type = "snapshot"
 //	  address = "/run/precopyd/precopyd.sock"
 //
-// Only root can connect: the socket is 0600, its directory 0700. Content
+// Only root can connect: the socket is created 0600, its directory 0700 if
+// precopyd makes it; a state dir others can read or write is refused. Content
 // is held in memory only unless --persist-dir names a directory to write
 // it behind to; either way a restart logs what was lost.
 package main
@@ -38,11 +39,11 @@ func main() {
 		level         string
 	)
 	flag.StringVar(&cfg.address, "address", "/run/precopyd/precopyd.sock", "unix socket to serve containerd's content (and snapshots) API on")
-	flag.StringVar(&cfg.stateDir, "state-dir", "/run/precopyd", "directory for the record of what the content store holds and the snapshotter's tmpfs and metadata; keep it on a tmpfs")
+	flag.StringVar(&cfg.stateDir, "state-dir", "/run/precopyd", "directory for the record of what the content store holds and the snapshotter's tmpfs and metadata; keep it on a tmpfs; created 0700 if missing, refused if another user owns it or group or others can read or write it")
 	flag.Var(&limit, "content-limit", "most bytes the store holds, blobs and unfinished writes together, e.g. 512MiB or 2GiB (MiB, GiB: powers of 1024; MB, GB: powers of 1000; 0 = unlimited)")
 	flag.Var(&snapshotLimit, "snapshot-limit", "serve a snapshotter on a tmpfs of this size, e.g. 1GiB (0 = no snapshotter)")
 	flag.StringVar(&cfg.persistDir, "persist-dir", "", "directory to write blobs to behind the store and recover them from at start (empty = memory only: a restart loses them)")
-	flag.StringVar(&cfg.debugAddress, "debug-address", "", "host:port to serve metrics (content store, snapshotter, persist dir) on as JSON at /metrics.json (empty = off; no authentication)")
+	flag.StringVar(&cfg.debugAddress, "debug-address", "", "host:port to serve metrics (content store, content writes, snapshotter, persist dir) on as JSON at /metrics.json, and Go's profiles at /debug/pprof/ (empty = off; no authentication)")
 	flag.DurationVar(&cfg.pinTTL, "pin-ttl", 2*time.Minute, "longest a container's writable layer stays pinned for an early thaw when precopy's shim does not release it")
 	flag.StringVar(&level, "log-level", "info", "log level: trace, debug, info, warn, error")
 	flag.Parse()
