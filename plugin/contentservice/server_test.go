@@ -1,9 +1,11 @@
 package contentservice
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content/testsuite"
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -100,5 +103,36 @@ func TestLimitOverGRPC(t *testing.T) {
 	}
 	if got := store.Metrics().UsedBytes; got != 0 {
 		t.Fatalf("after abort %d bytes in use", got)
+	}
+}
+
+// TestDigestBeforeCommitOverGRPC checks what containerd's walking differ
+// relies on (plugins/diff/walking/differ.go): through the proxy, a writer's
+// Digest() after its last write, before commit, is the digest of what was
+// written, so every write's reply must carry it.
+func TestDigestBeforeCommitOverGRPC(t *testing.T) {
+	ctx := context.Background()
+	store, err := memstore.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, stop := serve(t, t.TempDir(), store)
+	defer stop()
+	w, err := client.Writer(ctx, content.WithRef("diff"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("layer"), 20_000)
+	for p := range slices.Chunk(data, 32<<10) {
+		if _, err := w.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dgst := w.Digest()
+	if want := digest.FromBytes(data); dgst != want {
+		t.Fatalf("digest before commit %q, want %s", dgst, want)
+	}
+	if err := w.Commit(ctx, 0, dgst); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -18,22 +18,22 @@ import (
 )
 
 // Write is containerd's content service Write (plugins/services/content/
-// contentserver, v2.4), the protocol unchanged, rewritten for two costs it
-// has on every message of a stream, which containerd's proxy client sends
-// one 32 KiB write at a time, each waiting for its reply:
+// contentserver, v2.4), the protocol unchanged, rewritten for what it costs
+// on every message of a stream: containerd's proxy client sends one 32 KiB
+// write at a time, each waiting for its reply. The request is received as
+// a writeRequest (codec), whose data is the received message itself,
+// stored with one copy, instead of decoded into a fresh 32 KiB slice first.
 //
-//   - The request is received as a writeRequest (codec), whose data is the
-//     received message itself, stored with one copy, not decoded into a
-//     fresh 32 KiB slice first.
-//   - The reply to a plain write carries no digest. contentserver asks the
-//     writer for the digest of everything written after every write, which
-//     makes the store finish hashing before the reply; the API leaves the
-//     digest of a non-commit reply to the implementation
-//     (WriteContentResponse.digest), and containerd's proxy writer only
-//     keeps the latest one it is given. Status and commit replies carry it.
+// Every reply carries the digest of what is written so far, as
+// contentserver's do, so the store hashes each write before its reply.
+// The API leaves the digest of a plain write's reply to the implementation
+// (WriteContentResponse.digest), and hashing behind the replies was tried,
+// but containerd's walking differ takes the digest to commit a diff with
+// from the proxy writer's Digest() after its last write
+// (plugins/diff/walking/differ.go), which is that of the last reply.
 //
-// It also counts each write's time in the handler and the time waiting for
-// the next message (Metrics).
+// It also counts each write's time in the handler and the time waiting
+// for the next message (Metrics).
 func (s *Service) Write(session api.Content_WriteServer) (err error) {
 	var (
 		ctx      = session.Context()
@@ -150,8 +150,8 @@ func (s *Service) Write(session api.Content_WriteServer) (err error) {
 				if err := wr.Commit(ctx, total, expected, opts...); err != nil {
 					return errgrpc.ToGRPC(err)
 				}
-				msg.Digest = wr.Digest().String()
 			}
+			msg.Digest = wr.Digest().String()
 		}
 		data := int64(len(req.Data))
 		req.free() // the data is in the store

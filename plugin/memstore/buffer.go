@@ -17,8 +17,9 @@ const chunkSize = 1 << 20
 // make the byte limit a lie. Only the first chunk grows (small blobs,
 // manifests and configs, stay small); every later one is made full size at
 // once, so the bytes of a large blob are copied once, from the write into
-// their chunk. Bytes once written are never changed, but by Truncate (the
-// first chunk's are copied as it grows; slices of the old copy stay valid).
+// their chunk: growing each chunk by append from the first write's 32 KiB
+// copied every large blob about twice more (profiled under containerd's
+// proxy writer). Full chunks are never moved.
 type buffer struct {
 	chunks [][]byte // all full (chunkSize long) but the last
 	size   int64
@@ -47,12 +48,6 @@ func (b *buffer) Write(p []byte) (int, error) {
 	}
 	b.size += int64(n)
 	return n, nil
-}
-
-// chunkFrom returns the bytes from off to the end of the chunk holding off
-// (at most the end of the buffer), sharing the buffer's memory.
-func (b *buffer) chunkFrom(off int64) []byte {
-	return b.chunks[off/chunkSize][off%chunkSize:]
 }
 
 // ReadAt implements io.ReaderAt.

@@ -28,8 +28,8 @@ type ingest struct {
 
 	// Owned by the writer holding the ref; taking the ref under Store.mu
 	// hands them from one writer to the next.
-	data *buffer
-	hash *hasher
+	data     *buffer
+	digester digest.Digester
 }
 
 // Writer opens a writer for the ingest named by the WithRef option, creating
@@ -60,10 +60,9 @@ func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.
 	if wo.Desc.Digest != "" && wo.Desc.Digest.Algorithm().Available() {
 		alg = wo.Desc.Digest.Algorithm()
 	}
-	if in.hash == nil {
-		in.hash = newHasher(alg)
-	} else if in.hash.algorithm() != alg {
-		in.hash.rehash(alg, in.data)
+	if in.digester == nil || in.digester.Digest().Algorithm() != alg {
+		in.digester = alg.Digester()
+		in.data.WriteTo(in.digester.Hash())
 	}
 	return &writer{s: s, in: in}, nil
 }

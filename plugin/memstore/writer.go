@@ -32,15 +32,9 @@ func (w *writer) Write(p []byte) (int, error) {
 	if err := w.s.reserve(w.in, int64(len(p))); err != nil {
 		return 0, err
 	}
-	// Copy outside the store's lock: the ref is ours. Once copied, the
-	// bytes are held; they are hashed behind the write (hasher).
-	off := w.in.data.Len()
+	// Copy and hash outside the store's lock: the ref is ours.
 	w.in.data.Write(p)
-	for end := w.in.data.Len(); off < end; {
-		c := w.in.data.chunkFrom(off)
-		w.in.hash.add(c)
-		off += int64(len(c))
-	}
+	w.in.digester.Hash().Write(p)
 	return len(p), nil
 }
 
@@ -60,9 +54,8 @@ func (s *Store) reserve(in *ingest, n int64) error {
 	return nil
 }
 
-// Digest is the digest of what was written so far. It waits for the hash
-// to catch up with the writes.
-func (w *writer) Digest() digest.Digest { return w.in.hash.digest() }
+// Digest is the digest of what was written so far.
+func (w *writer) Digest() digest.Digest { return w.in.digester.Digest() }
 
 func (w *writer) Status() (content.Status, error) {
 	w.s.mu.Lock()
@@ -90,11 +83,10 @@ func (w *writer) Truncate(size int64) error {
 	w.in.status.UpdatedAt = time.Now()
 	w.s.mu.Unlock()
 
-	// The hasher may still be reading the bytes the truncate gives back
-	// for later writes to overwrite.
-	alg := w.in.hash.algorithm()
 	w.in.data.Truncate(size)
-	w.in.hash.rehash(alg, w.in.data)
+	alg := w.in.digester.Digest().Algorithm()
+	w.in.digester = alg.Digester()
+	w.in.data.WriteTo(w.in.digester.Hash())
 	return nil
 }
 
@@ -134,11 +126,12 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	if n := in.data.Len(); size > 0 && size != n {
 		return fmt.Errorf("unexpected commit size %d, expected %d: %w", n, size, errdefs.ErrFailedPrecondition)
 	}
-	if expected != "" && expected.Algorithm().Available() && expected.Algorithm() != in.hash.algorithm() {
+	if expected != "" && expected.Algorithm().Available() && expected.Algorithm() != in.digester.Digest().Algorithm() {
 		// Opened without the digest, hashed with the canonical algorithm.
-		in.hash.rehash(expected.Algorithm(), in.data)
+		in.digester = expected.Algorithm().Digester()
+		in.data.WriteTo(in.digester.Hash())
 	}
-	dgst := in.hash.digest()
+	dgst := in.digester.Digest()
 	if expected != "" && expected != dgst {
 		return fmt.Errorf("unexpected commit digest %s, expected %s: %w", dgst, expected, errdefs.ErrFailedPrecondition)
 	}
