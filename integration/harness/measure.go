@@ -89,6 +89,9 @@ type CheckpointRun struct {
 	// LogDir, if set, gets a copy of CRIU's log of the final dump, as
 	// <ID>-dump.log, for a look at where its frozen time went.
 	LogDir string
+	// BeforePause, if set, is called right before the checkpoint's Pause
+	// (to start profiles of the checkpoint).
+	BeforePause func()
 	// QueryBefore has the workload verify its memory before the
 	// checkpoint, into Measurement.Before (for a later restore to compare
 	// with). Without it Before is the status file, unverified: the query
@@ -150,6 +153,9 @@ func MeasureCheckpoint(ctx context.Context, d *Daemon, run CheckpointRun) (m Mea
 	task, err := ctr.Task(ctx, nil)
 	if err != nil {
 		return m, err
+	}
+	if run.BeforePause != nil {
+		run.BeforePause()
 	}
 	start := time.Now()
 	if err := task.Pause(ctx); err != nil {

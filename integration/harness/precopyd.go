@@ -18,6 +18,7 @@ import (
 
 	"github.com/containerd/platforms"
 
+	"github.com/precopy/precopy/plugin/contentservice"
 	"github.com/precopy/precopy/plugin/memstore"
 	"github.com/precopy/precopy/plugin/persist"
 	"github.com/precopy/precopy/snapshotter"
@@ -251,9 +252,10 @@ func (p *Precopyd) ContainerdConfig() string {
 
 // PrecopydMetrics is what precopyd serves at /metrics.json.
 type PrecopydMetrics struct {
-	Content   memstore.Metrics     `json:"content"`
-	Snapshots *snapshotter.Metrics `json:"snapshots"`
-	Persist   *persist.Metrics     `json:"persist"`
+	Content       memstore.Metrics            `json:"content"`
+	ContentWrites contentservice.WriteMetrics `json:"content_writes"`
+	Snapshots     *snapshotter.Metrics        `json:"snapshots"`
+	Persist       *persist.Metrics            `json:"persist"`
 }
 
 // Metrics reads precopyd's metrics.
