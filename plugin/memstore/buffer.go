@@ -14,16 +14,19 @@ const chunkSize = 1 << 20
 // buffer holds a blob's bytes in fixed-size chunks rather than one slice.
 // Checkpoint images run to gigabytes; a single growing slice would be copied
 // on every reallocation and briefly need about twice its size, which would
-// make the byte limit a lie. Only the first chunk grows (small blobs,
-// manifests and configs, stay small); every later one is made full size at
-// once, so the bytes of a large blob are copied once, from the write into
-// their chunk: growing each chunk by append from the first write's 32 KiB
-// copied every large blob about twice more (profiled under containerd's
-// proxy writer). Full chunks are never moved.
+// make the byte limit a lie. Only a small blob's one chunk grows (manifests
+// and configs stay small); once a blob outgrows smallBlob every chunk is
+// full size, taken ready-made from the buffer's spare (spare.go), so the
+// bytes of a large blob are copied once, from the write into memory whose
+// pages are already in place. Full chunks are never moved.
 type buffer struct {
 	chunks [][]byte // all full (chunkSize long) but the last
 	size   int64
+	spare  spare
 }
+
+// smallBlob is the size up to which a blob's first chunk grows by append.
+const smallBlob = 64 << 10
 
 func (b *buffer) Len() int64 { return b.size }
 
@@ -32,21 +35,26 @@ func (b *buffer) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
 		last := len(b.chunks) - 1
-		if last < 0 || len(b.chunks[last]) == chunkSize {
-			// The first chunk starts small and append grows it up
-			// to chunkSize as needed; a blob that fills it is large.
-			size := chunkSize
-			if last < 0 {
-				size = min(len(p), chunkSize)
-			}
-			b.chunks = append(b.chunks, make([]byte, 0, size))
+		switch {
+		case last < 0:
+			b.chunks = append(b.chunks, make([]byte, 0, min(len(p), chunkSize)))
+			last = 0
+		case len(b.chunks[last]) == chunkSize:
+			b.chunks = append(b.chunks, b.spare.take())
 			last++
+		case cap(b.chunks[last]) < chunkSize && cap(b.chunks[last])-len(b.chunks[last]) < len(p) && len(b.chunks[last])+len(p) > smallBlob:
+			// The first chunk outgrows a small blob's: full size now.
+			b.chunks[last] = append(b.spare.take(), b.chunks[last]...)
 		}
 		k := min(chunkSize-len(b.chunks[last]), len(p))
 		b.chunks[last] = append(b.chunks[last], p[:k]...)
 		p = p[k:]
 	}
 	b.size += int64(n)
+	if b.size >= smallBlob/2 {
+		// Likely to need a full chunk soon: have one made ready.
+		b.spare.prepare()
+	}
 	return n, nil
 }
 
@@ -91,9 +99,10 @@ func (b *buffer) Truncate(size int64) {
 	b.size = size
 }
 
-// Trim gives back the spare capacity append left in the last chunk, once
-// the buffer will not grow any more (on commit).
+// Trim gives back the spare capacity append left in the last chunk, and
+// the spare chunk, once the buffer will not grow any more (on commit).
 func (b *buffer) Trim() {
+	b.spare.drop()
 	if len(b.chunks) == 0 {
 		return
 	}

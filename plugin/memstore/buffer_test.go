@@ -59,3 +59,26 @@ func TestBufferAcrossChunks(t *testing.T) {
 		t.Fatalf("truncate to 0 left %d bytes in %d chunks", b.Len(), len(b.chunks))
 	}
 }
+
+// TestBufferChunkSizes checks that a small blob's chunk stays small and
+// that a large blob, written as containerd's proxy writes (a tar header,
+// then 32 KiB at a time), is held in full-size chunks.
+func TestBufferChunkSizes(t *testing.T) {
+	var small buffer
+	small.Write(make([]byte, 900))
+	small.Write(make([]byte, 1000))
+	small.Trim()
+	if c := small.chunks[0]; cap(c) > 4<<10 {
+		t.Errorf("a 1900-byte blob holds a chunk of %d bytes", cap(c))
+	}
+	var large buffer
+	large.Write(make([]byte, 512))
+	for large.Len() < 3*chunkSize+100 {
+		large.Write(make([]byte, 32<<10))
+	}
+	for i, c := range large.chunks {
+		if cap(c) != chunkSize {
+			t.Errorf("chunk %d of %d has capacity %d, want %d", i, len(large.chunks), cap(c), chunkSize)
+		}
+	}
+}
