@@ -6,7 +6,12 @@
 //	scenario=<name> stock_pause_ms=… precopy_pause_ms=… pause_ratio=… stock_final_dump_ms=… precopy_final_dump_ms=… final_dump_ratio=… rounds=…
 //
 // pause is the workload's own longest loop gap, final dump CRIU's freezing
-// + frozen time of the last dump. It measures; it asserts nothing.
+// + frozen time of the last dump. The storage scenarios (storage.go)
+// compare containerd's local content store with precopyd instead, ending
+//
+//	scenario=<name> local_write_ms=… precopyd_write_ms=… write_ratio=… read_ratio=… …
+//
+// It measures; it asserts nothing.
 package main
 
 import (
@@ -18,6 +23,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -79,6 +85,7 @@ var (
 )
 
 func main() {
+	closeInheritedFiles()
 	scenario := flag.String("scenario", "low-dirty-256m", "one of: "+strings.Join(names(), ", "))
 	runs := flag.Int("runs", 3, "checkpoints per configuration (per cell with -matrix)")
 	logDir = flag.String("logs", "", "copy CRIU's log of each final dump into this dir")
@@ -86,6 +93,7 @@ func main() {
 	matrix := flag.Bool("matrix", false, "measure the full matrix (sizes x workloads x configurations), a row per checkpoint")
 	sizes := flag.String("sizes", "64,256,1024", "-matrix: memory sizes in MiB")
 	storageSizes := flag.String("storage-sizes", "256", "-matrix: memory sizes in MiB measured again on precopyd's content store and snapshotter (low workload, stock and adaptive); \"\" for none")
+	profile := flag.String("profile", "", "storage scenarios: after the measured runs, checkpoint and restore once more into each store with CPU profiles and execution traces of containerd and precopyd, written into this dir")
 	renderLog := flag.String("render", "", "render this -matrix output into -out (CSV, markdown table, plots); measures nothing")
 	out := flag.String("out", "docs/benchmarks", "-render: output dir")
 	flag.Parse()
@@ -125,6 +133,15 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench: in the VM, CRIU logs in %s reach the host only if it is inside a working directory under /tmp or /run\n", *logDir)
 		}
 	}
+	if mib, ok := storageScenarios[*scenario]; ok && *runs >= 1 {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := runStorage(ctx, *scenario, mib, *runs, *profile); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	sc, ok := scenarios[*scenario]
 	if !ok || *runs < 1 {
 		fmt.Fprintf(os.Stderr, "bench: unknown scenario %q (have %s) or runs < 1\n", *scenario, strings.Join(names(), ", "))
@@ -141,6 +158,9 @@ func main() {
 func names() []string {
 	var n []string
 	for k := range scenarios {
+		n = append(n, k)
+	}
+	for k := range storageScenarios {
 		n = append(n, k)
 	}
 	slices.Sort(n)
@@ -329,3 +349,20 @@ func spread(ms []harness.Measurement, f func(harness.Measurement) float64) strin
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// closeInheritedFiles keeps the files this process inherited beyond its
+// stdio from the programs it starts. Run as `flock LOCK make bench`, it
+// holds flock's descriptor of the lock file: containerd and its shims would
+// inherit it, and CRIU refuses to dump a process holding a file lock it was
+// not told of (the harness's CRIU probe fails with "Dumping FAILED").
+func closeInheritedFiles() {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range fds {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+}
