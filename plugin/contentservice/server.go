@@ -29,15 +29,32 @@ func NewServer(cs content.Store, opts ...grpc.ServerOption) (*grpc.Server, *Serv
 //     4 MiB default would refuse them;
 //   - the codec and buffer pool, which take the allocation and clearing of
 //     buffers off every message (codec.go, pool.go); messages of other
-//     services are encoded as gRPC's own codec does.
+//     services are encoded as gRPC's own codec does;
+//   - read and write buffers of 256 KiB per connection instead of 32 KiB:
+//     a blob streamed in one Read call (1 MiB messages, as containerd's
+//     proxy would read with the change in docs/storage) went 15-20 %
+//     faster across processes, in fewer read and write system calls; with
+//     containerd's 32 KiB calls they changed nothing measurable.
+//
+// Other settings were measured across processes (plugin/contentservice
+// benchmarks against a separate server) and left at gRPC's defaults, as
+// none moved 32 KiB writes, 1 MiB writes or 32 KiB reads beyond the noise
+// of this shared 2-CPU machine: stream workers (NumStreamWorkers),
+// static windows of 16 MiB (which also stop the BDP pings), a shared write
+// buffer, and GOMAXPROCS=1 for the whole daemon.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
 		grpc.ForceServerCodecV2(codec{}),
 		experimental.BufferPool(pool),
+		grpc.ReadBufferSize(connBufferSize),
+		grpc.WriteBufferSize(connBufferSize),
 	}
 }
+
+// connBufferSize is the size of a connection's read and write buffers.
+const connBufferSize = 256 << 10
 
 // Service is containerd's content service offering a store.
 type Service struct {
