@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -83,8 +84,9 @@ func runStorage(ctx context.Context, name string, mib, runs int, profileDir stri
 
 	args := []string{"-mib", fmt.Sprint(mib), "-dirty-mibps", "16", "-hot", "0.1"}
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	fmt.Printf("bench %s: memload %s on stock runc-v2, checkpointed as `ctr c checkpoint --task --rw` and restored as `ctr c restore --live --rw`, into containerd's local content store (%s, %s) and into precopyd (content store and snapshotter), one containerd each, alternating; kernel %s; %d runs per store; load average %s; %s; commit %s\n",
-		name, strings.Join(args, " "), local.Daemon.Dir, fsType(local.Daemon.Dir), strings.TrimSpace(string(kernel)), runs, loadavg(), time.Now().UTC().Format(time.RFC3339), commit)
+	fmt.Printf("bench %s: memload %s on stock runc-v2, checkpointed as `ctr c checkpoint --task --rw` and restored as `ctr c restore --live --rw`, into containerd's local content store (%s, %s) and into precopyd (content store and snapshotter), one containerd each, alternating; %s; CRIU %s; kernel %s; %d runs per store; load average %s; %s; commit %s\n",
+		name, strings.Join(args, " "), local.Daemon.Dir, fsType(local.Daemon.Dir), firstLine("containerd", "--version"),
+		strings.TrimPrefix(firstLine("criu", "--version"), "Version: "), strings.TrimSpace(string(kernel)), runs, loadavg(), time.Now().UTC().Format(time.RFC3339), commit)
 
 	measure := func(s store, id string, args []string, profile *storageProfile) (storageRun, error) {
 		return measureStorage(s.env.Daemon.Context(ctx), s, id, args, profile)
@@ -333,6 +335,16 @@ func fsType(dir string) string {
 		return "btrfs"
 	}
 	return fmt.Sprintf("file system type %#x", st.Type)
+}
+
+// firstLine is the first line a command prints: a version, for the
+// header (the A/B of docs/storage runs a containerd built with a change).
+func firstLine(name string, args ...string) string {
+	out, err := exec.Command(name, args...).Output()
+	if err != nil {
+		return name + " unknown"
+	}
+	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 }
 
 // loadavg is the machine's load average over 1, 5 and 15 minutes: the
