@@ -31,7 +31,8 @@ BENCH_FLAGS ?=
 # `make test` runs them briefly, `make fuzz FUZZTIME=10m` explores. A
 # failing input is saved under the package's testdata/fuzz.
 FUZZTIME ?= 5s
-FUZZ_TARGETS := ./precopy/imagechain:FuzzDecodePagemap ./precopy/imagechain:FuzzFlatten
+FUZZ_TARGETS := ./precopy/imagechain:FuzzDecodePagemap ./precopy/imagechain:FuzzFlatten \
+                ./plugin/contentservice:FuzzDecodeWriteRequest
 
 .PHONY: build deps install test test-unit fuzz test-integration test-vm demo demo-precopyd bench clean
 
