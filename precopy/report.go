@@ -49,6 +49,10 @@ type Report struct {
 	// found it before the dump, and what CRIU was told of it; nil in the
 	// host's. The caller fills it; a restore reads it back (Loopback).
 	Network *Network `json:"network,omitempty"`
+	// Incremental is how the checkpoint used the previous one's memory
+	// image, and whether its own was kept for the next; nil unless
+	// io.precopy.incremental is on.
+	Incremental *Incremental `json:"incremental,omitempty"`
 }
 
 // Network is a checkpoint's account of the container's network namespace.
@@ -90,6 +94,45 @@ type Sockets struct {
 	TCPConnections int `json:"tcp_connections"`
 	UDP            int `json:"udp"`
 	Unix           int `json:"unix"`
+}
+
+// Incremental says how a checkpoint used the memory image of the one
+// before it (io.precopy.incremental): pre-copy's first dump wrote only the
+// pages dirtied since that image, and took the others from it.
+type Incremental struct {
+	// Number is the checkpoint's number among the checkpoints of the
+	// container's task (1: its first).
+	Number int `json:"number"`
+	// Parent is the earlier checkpoint's image the first dump ran
+	// against; nil when there was none, and NoParent says why.
+	Parent   *Parent `json:"parent,omitempty"`
+	NoParent string  `json:"no_parent,omitempty"`
+	// PagesFromParent are the pages the first dump found unchanged since
+	// the parent and did not write; BytesSaved is their size.
+	PagesFromParent uint64 `json:"pages_from_parent,omitempty"`
+	BytesSaved      int64  `json:"bytes_saved,omitempty"`
+	// Unshare is what copying the parent's files cost, when they had
+	// other names too (a caller's image dir that outlived the checkpoint)
+	// and could not be consumed in place.
+	Unshare time.Duration `json:"unshare_ns,omitempty"`
+	// Kept: this checkpoint's memory image is kept for the next
+	// checkpoint (KeptBytes of it, at a cost of Keep, inside the frozen
+	// window unless the container thawed early); NotKept says why not.
+	Kept      bool          `json:"kept"`
+	KeptBytes int64         `json:"kept_bytes,omitempty"`
+	Keep      time.Duration `json:"keep_ns,omitempty"`
+	NotKept   string        `json:"not_kept,omitempty"`
+}
+
+// Parent is the earlier checkpoint an incremental one pre-copied against.
+type Parent struct {
+	// Number is its number among the task's checkpoints.
+	Number int `json:"number"`
+	// DumpedAt is when its final dump started: the image holds the
+	// container's memory as of then. Bytes is the size of the memory
+	// files kept of it.
+	DumpedAt time.Time `json:"dumped_at"`
+	Bytes    int64     `json:"bytes"`
 }
 
 // Thaw is the end of a checkpoint's frozen window.
