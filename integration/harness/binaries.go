@@ -20,6 +20,8 @@ const (
 	// PauseBinary is the pod sandbox process of the CRI tests' pause
 	// image.
 	PauseBinary = "pause"
+	// PrecopyctlBinary is precopy's command-line tool.
+	PrecopyctlBinary = "precopyctl"
 
 	runcShimBinary = "containerd-shim-runc-v2"
 )
@@ -43,7 +45,7 @@ var (
 func FindBinaries() (b Binaries, cleanup func(), err error) {
 	if dir := os.Getenv("PRECOPY_BIN_DIR"); dir != "" {
 		b = Binaries{Dir: dir}
-		for _, name := range []string{ShimBinary, MemloadBinary, NetloadBinary, PauseBinary} {
+		for _, name := range []string{ShimBinary, MemloadBinary, NetloadBinary, PauseBinary, PrecopyctlBinary} {
 			if _, err := os.Stat(b.Path(name)); err != nil {
 				return b, func() {}, fmt.Errorf("PRECOPY_BIN_DIR=%s: %w (make build puts it there)", dir, err)
 			}
@@ -59,6 +61,7 @@ func FindBinaries() (b Binaries, cleanup func(), err error) {
 		built = Binaries{Dir: dir}
 		cmd := exec.Command("go", "build", "-o", dir+"/",
 			"github.com/precopy/precopy/cmd/"+ShimBinary,
+			"github.com/precopy/precopy/cmd/"+PrecopyctlBinary,
 			"github.com/precopy/precopy/integration/workloads/"+MemloadBinary,
 			"github.com/precopy/precopy/integration/workloads/"+NetloadBinary,
 			"github.com/precopy/precopy/integration/workloads/"+PauseBinary)
