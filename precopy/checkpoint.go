@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/precopy/precopy/precopy/policy"
 )
 
 // Dumper writes one checkpoint's final dump: the runtime call the client
@@ -43,10 +45,15 @@ type Checkpoint struct {
 // frozen unless the client had paused it. The rounds are discarded.
 func (e *Engine) Checkpoint(ctx context.Context, r *Rounds, cp Checkpoint) (*Report, error) {
 	defer r.discard(e.Log)
+	e.checkpoints++
 	f := &finalDump{e: e, cp: cp, report: r.Report}
 	if err := f.run(ctx, r); err != nil {
 		e.Runtime.RecoverFailedDump(ctx)
+		e.dropKept(fmt.Sprintf("checkpoint %d failed", e.checkpoints))
 		return nil, err
+	}
+	if e.Incremental {
+		f.report.Incremental = e.incremental(r, f)
 	}
 	if err := f.report.Write(cp.ImageDir); err != nil {
 		return nil, err
@@ -57,6 +64,33 @@ func (e *Engine) Checkpoint(ctx context.Context, r *Rounds, cp Checkpoint) (*Rep
 	return f.report, nil
 }
 
+// incremental says how checkpoint f used the kept image r started from,
+// and keeps f's image for the next checkpoint if it can be a parent: only
+// the image of a final dump on rounds (see incremental.go).
+func (e *Engine) incremental(r *Rounds, f *finalDump) *Incremental {
+	inc := &Incremental{Number: e.checkpoints, Parent: r.parent, NoParent: r.noParent, Unshare: r.unshare}
+	if r.parent != nil && len(f.report.Rounds) > 0 {
+		inc.PagesFromParent = f.report.Rounds[0].PagesSkippedParent
+		inc.BytesSaved = int64(inc.PagesFromParent) * policy.PageSize
+	}
+	switch {
+	case f.cp.Exit:
+		inc.NotKept = "the checkpoint stopped the task"
+	case !f.onRounds:
+		// No parent: CRIU neither reset dirty tracking nor recorded when
+		// the dump ran, so it cannot be the next dump's parent.
+		inc.NotKept = "a one-shot checkpoint cannot be a parent"
+		e.dropKept(fmt.Sprintf("checkpoint %d was one-shot", e.checkpoints))
+		e.noParent = fmt.Sprintf("checkpoint %d was one-shot", e.checkpoints)
+	default:
+		e.keep(f.cp.ImageDir, e.checkpoints, f.report.Final.Start, inc)
+		if !inc.Kept {
+			e.noParent = fmt.Sprintf("checkpoint %d was not kept: %s", e.checkpoints, inc.NotKept)
+		}
+	}
+	return inc
+}
+
 // finalDump is one checkpoint's final dump in progress.
 type finalDump struct {
 	e      *Engine
@@ -64,15 +98,19 @@ type finalDump struct {
 	report *Report
 	// thawed: AfterDump ran the container again.
 	thawed bool
+	// onRounds: the image is the final dump on the rounds, flattened (not
+	// one-shot, nor redone one-shot).
+	onRounds bool
 }
 
 func (f *finalDump) run(ctx context.Context, r *Rounds) error {
 	if !r.PreCopied() {
 		return f.oneShot(ctx)
 	}
-	err := f.onRounds(ctx, r)
+	err := f.dumpOnRounds(ctx, r)
 	switch {
 	case err == nil:
+		f.onRounds = true
 		return nil
 	case f.cp.Exit:
 		return fmt.Errorf("%w (the checkpoint stops the container: not redone)", err)
@@ -109,8 +147,8 @@ func (f *finalDump) oneShot(ctx context.Context) error {
 	return nil
 }
 
-// onRounds is the final dump on top of r's image, flattened.
-func (f *finalDump) onRounds(ctx context.Context, r *Rounds) error {
+// dumpOnRounds is the final dump on top of r's image, flattened.
+func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 	// CRIU (through runc) wants the parent relative to the image dir.
 	parent, err := filepath.Rel(f.cp.ImageDir, r.image)
 	if err != nil {

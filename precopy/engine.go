@@ -84,6 +84,12 @@ type Engine struct {
 	Flatten Flattener
 	Now     func() time.Time
 	Log     Logger
+	// Incremental keeps each leave-running checkpoint's memory image, of
+	// at most KeepBudget bytes (0: no limit), so that the next
+	// checkpoint's first round writes only the pages dirtied since
+	// (io.precopy.incremental; see incremental.go).
+	Incremental bool
+	KeepBudget  uint64
 
 	// finalFixed is the part of this container's last final dump that did
 	// not copy memory (tmpfs mounts, namespaces, the network lock): the
@@ -93,6 +99,12 @@ type Engine struct {
 	// warnedCopiedFlatten: the log said once that the final flatten
 	// copies the rounds' pages rather than taking them over.
 	warnedCopiedFlatten bool
+	// checkpoints counts the task's checkpoints. kept is the last one's
+	// memory image, the next pre-copy's parent (Incremental); nil when
+	// there is none, and noParent says why.
+	checkpoints int
+	kept        *keptImage
+	noParent    string
 }
 
 // New is an engine for the container rt runs, with rounds in dir.
@@ -158,6 +170,10 @@ func (e *Engine) PreCopy(ctx context.Context, trigger Trigger, interrupt <-chan 
 		r.discard(e.Log)
 		r.Report.PreCopied = false
 		r.Report.Skipped = fmt.Sprintf("policy: %s after %d rounds", stop.Reason, len(r.Report.Rounds))
+		if r.parent != nil {
+			r.noParent = fmt.Sprintf("the rounds that started from checkpoint %d's image were dropped (%s)", r.parent.Number, stop.Reason)
+			r.parent = nil
+		}
 		e.Log.Infof("precopy: one-shot checkpoint: %s", r.Report.Skipped)
 		return r
 	}
@@ -214,6 +230,9 @@ func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan st
 			r.discard(e.Log)
 		}
 	}()
+	if e.Incremental {
+		e.startFromKept(r)
+	}
 	start := e.Now()
 	for i := 1; ; i++ {
 		if err := ctx.Err(); err != nil {

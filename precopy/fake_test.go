@@ -45,6 +45,9 @@ type fakeCRIU struct {
 	interruptAt    int
 	interrupt      chan struct{}
 	checkpoint     Checkpoint
+	// parentSeen, if set, is called with the parent dir of each dump
+	// that has one, while the dump runs.
+	parentSeen func(dir string)
 }
 
 // nth is stats[n], or the last of them.
@@ -60,6 +63,15 @@ func (f *fakeCRIU) write(r policy.Round, image, work, parent string) error {
 	}
 	if err := os.WriteFile(filepath.Join(image, "pages-1.img"), make([]byte, 4096*max(1, int(r.PagesWritten%16))), 0o600); err != nil {
 		return err
+	}
+	// What else of an image a dump against it as parent reads.
+	for _, name := range []string{"inventory.img", "pagemap-1.img"} {
+		if err := os.WriteFile(filepath.Join(image, name), []byte(name), 0o600); err != nil {
+			return err
+		}
+	}
+	if f.parentSeen != nil && parent != "" {
+		f.parentSeen(filepath.Join(image, parent))
 	}
 	if err := os.MkdirAll(work, 0o700); err != nil {
 		return err

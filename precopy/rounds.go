@@ -3,6 +3,7 @@ package precopy
 import (
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // Rounds is what pre-copy leaves for a checkpoint's final dump: the report
@@ -16,6 +17,12 @@ type Rounds struct {
 	dir   string
 	image string
 	held  int64
+	// parent is the earlier checkpoint whose kept image round 1 dumped
+	// against (Engine.Incremental), what making its files the rounds' own
+	// cost; nil when there was none, and noParent says why.
+	parent   *Parent
+	unshare  time.Duration
+	noParent string
 }
 
 // PreCopied says whether the rounds hold an image for the final dump.

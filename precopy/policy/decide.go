@@ -77,7 +77,10 @@ func Decide(cfg Config, rounds []Round, elapsed time.Duration) Decision {
 	predicted := fixed + memory
 	stop := func(r Reason) Decision { return Decision{Reason: r, PredictedFreeze: predicted} }
 
-	if first.PagesWritten*PageSize < cfg.MinSize {
+	// The container's size is what round 1 found resident: all of it
+	// written, or, when it dumped against an earlier checkpoint's image
+	// (incremental), partly left in that parent.
+	if first.resident()*PageSize < cfg.MinSize {
 		return stop(ReasonTooSmall)
 	}
 	if predicted <= cfg.TargetFreeze {

@@ -77,6 +77,22 @@ func TestDecideReasons(t *testing.T) {
 	}
 }
 
+// TestDecideIncrementalRoundOne: a first round that dumped against an
+// earlier checkpoint's image writes only what changed since; the
+// container is not too small for that, and its full size still bounds
+// the prediction until a second round measures the dirty rate.
+func TestDecideIncrementalRoundOne(t *testing.T) {
+	rounds, elapsed := synth(10000)
+	rounds[0].PagesSkippedParent = synthResident - 10000
+	d := Decide(DefaultConfig(), rounds, elapsed)
+	if !d.Continue || d.Reason != ReasonMeasuring {
+		t.Errorf("Decide = %v, want another round to measure the dirty rate", d)
+	}
+	if worst := EstimateCopy(rounds).Time(synthResident); d.PredictedFreeze < worst {
+		t.Errorf("predicted %v, below copying all %d resident pages (%v)", d.PredictedFreeze, synthResident, worst)
+	}
+}
+
 func TestDecideIsPure(t *testing.T) {
 	rounds, elapsed := synth(synthResident, 30000, 24000)
 	before := slices.Clone(rounds)

@@ -28,6 +28,10 @@ const (
 	AnnotationEarlyThaw      = AnnotationPrefix + "early-thaw"      // EarlyThaw
 	AnnotationPinLimit       = AnnotationPrefix + "pin-limit"       // PinLimit, a duration (0: never pin)
 	AnnotationTCP            = AnnotationPrefix + "tcp"             // TCP
+	// Incremental checkpoints: "on" keeps each checkpoint's memory image,
+	// up to the budget, so the next one pre-copies only what changed.
+	AnnotationIncremental       = AnnotationPrefix + "incremental"        // Incremental, on or off
+	AnnotationIncrementalBudget = AnnotationPrefix + "incremental-budget" // IncrementalBudget, bytes
 )
 
 // ErrUnknownAnnotation is wrapped by the error for an io.precopy.* key
@@ -126,6 +130,29 @@ var known = map[string]setting{
 	}},
 	AnnotationTCP: {alternatives(tcps), func(s *Settings, v string) error {
 		return choose(&s.TCP, v, tcps)
+	}},
+	AnnotationIncremental: {`"on" or "off"`, func(s *Settings, v string) error {
+		// The config file's TOML booleans arrive as true and false.
+		switch v {
+		case "on", "true":
+			s.Incremental = true
+		case "off", "false":
+			s.Incremental = false
+		default:
+			return errSilent
+		}
+		return nil
+	}},
+	AnnotationIncrementalBudget: {"a positive byte size like 2GiB", func(s *Settings, v string) error {
+		n, err := ParseBytes(v)
+		switch {
+		case err != nil:
+			return err
+		case n == 0:
+			return errSilent
+		}
+		s.IncrementalBudget = n
+		return nil
 	}},
 }
 

@@ -103,12 +103,23 @@ type Settings struct {
 	// pinned view of a writable rootfs for an early thaw ("" = never). Set
 	// by the config file only.
 	PrecopydAddress string
+	// Incremental keeps each leave-running checkpoint's memory image (in
+	// the container's bundle, on the state dir's tmpfs), of at most
+	// IncrementalBudget bytes, so that the task's next checkpoint
+	// pre-copies only the pages dirtied since.
+	Incremental       bool
+	IncrementalBudget uint64
 }
+
+// DefaultIncrementalBudget bounds a kept image as the memory budget
+// bounds the rounds: the node's memory it takes is about the container's.
+const DefaultIncrementalBudget = 4 << 30
 
 // Default pre-copies every checkpoint with the policy's defaults:
 // standard clients cannot ask for it, so it must be on unless turned off.
 func Default() Settings {
-	return Settings{Mode: ModeAlways, EarlyThaw: EarlyThawAuto, TCP: TCPRestore, Policy: policy.DefaultConfig(), PinLimit: DefaultPinLimit, PrecopydAddress: DefaultPrecopydAddress}
+	return Settings{Mode: ModeAlways, EarlyThaw: EarlyThawAuto, TCP: TCPRestore, Policy: policy.DefaultConfig(), PinLimit: DefaultPinLimit, PrecopydAddress: DefaultPrecopydAddress,
+		IncrementalBudget: DefaultIncrementalBudget}
 }
 
 // With returns s with a container's annotations applied. Annotations

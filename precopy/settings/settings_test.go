@@ -12,15 +12,17 @@ import (
 func TestWithApplies(t *testing.T) {
 	base := Default()
 	got, err := base.With(map[string]string{
-		AnnotationTargetDowntime: "50ms",
-		AnnotationMaxRounds:      "3",
-		AnnotationRounds:         "2",
-		AnnotationTimeBudget:     " 2m ", // surrounding spaces are forgiven
-		AnnotationMemoryBudget:   "512MiB",
-		AnnotationMinSize:        "0",
-		AnnotationMode:           "never",
-		AnnotationEarlyThaw:      "force",
-		AnnotationTCP:            "close",
+		AnnotationTargetDowntime:    "50ms",
+		AnnotationMaxRounds:         "3",
+		AnnotationRounds:            "2",
+		AnnotationTimeBudget:        " 2m ", // surrounding spaces are forgiven
+		AnnotationMemoryBudget:      "512MiB",
+		AnnotationMinSize:           "0",
+		AnnotationMode:              "never",
+		AnnotationEarlyThaw:         "force",
+		AnnotationIncremental:       "on",
+		AnnotationIncrementalBudget: "1.5GiB",
+		AnnotationTCP:               "close",
 		// Not ours: ignored, whatever they hold.
 		"io.kubernetes.cri.container-type": "container",
 		"io.precopyx.max-rounds":           "abc",
@@ -39,6 +41,7 @@ func TestWithApplies(t *testing.T) {
 	want.Mode = ModeNever
 	want.EarlyThaw = EarlyThawForce
 	want.TCP = TCPClose
+	want.Incremental, want.IncrementalBudget = true, 1536<<20
 	if got != want {
 		t.Errorf("With =\n %+v\nwant\n %+v", got, want)
 	}
@@ -76,6 +79,8 @@ func TestWithRejects(t *testing.T) {
 		{AnnotationMode, "Always", `io.precopy.mode: "Always" is not "always", "never" or "annotated"`},
 		{AnnotationEarlyThaw, "yes", `io.precopy.early-thaw: "yes" is not "auto", "never" or "force"`},
 		{AnnotationTCP, "established", `io.precopy.tcp: "established" is not "restore", "close" or "refuse"`},
+		{AnnotationIncremental, "yes", `io.precopy.incremental: "yes" is not "on" or "off"`},
+		{AnnotationIncrementalBudget, "0", `io.precopy.incremental-budget: "0" is not a positive byte size like 2GiB`},
 	} {
 		base := Default()
 		got, err := base.With(map[string]string{tc.key: tc.value, "other": "x"})
@@ -98,7 +103,7 @@ func TestWithRejectsUnknownKeys(t *testing.T) {
 	if !errors.Is(err, ErrUnknownAnnotation) {
 		t.Fatalf("error %v, want ErrUnknownAnnotation", err)
 	}
-	for _, want := range []string{"io.precopy.max-round: unknown annotation", "did you mean io.precopy.max-rounds?", "known: io.precopy.early-thaw, io.precopy.max-rounds, io.precopy.memory-budget"} {
+	for _, want := range []string{"io.precopy.max-round: unknown annotation", "did you mean io.precopy.max-rounds?", "known: io.precopy.early-thaw, io.precopy.incremental, io.precopy.incremental-budget, io.precopy.max-rounds"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}
@@ -189,12 +194,15 @@ memory-budget = "1GiB"
 early-thaw = "never"
 tcp = "refuse"
 precopyd-address = ""
+incremental = true
+incremental-budget = "2GiB"
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.Mode != ModeAnnotated || s.Policy.TargetFreeze != 50*time.Millisecond || s.Policy.MaxRounds != 3 ||
-		s.Policy.MemoryBudget != 1<<30 || s.EarlyThaw != EarlyThawNever || s.TCP != TCPRefuse || s.PrecopydAddress != "" {
+		s.Policy.MemoryBudget != 1<<30 || s.EarlyThaw != EarlyThawNever || s.TCP != TCPRefuse || s.PrecopydAddress != "" ||
+		!s.Incremental || s.IncrementalBudget != 2<<30 {
 		t.Errorf("settings %+v", s)
 	}
 	// A container's annotation still wins over the file's default mode.
@@ -212,6 +220,7 @@ precopyd-address = ""
 		`target-downtime = "-1s"`: "target-downtime",
 		`max-rounds = [1]`:        "max-rounds: a []interface {} is not a setting's value",
 		`max-rounds = `:           "precopy config",
+		`incremental = "yes"`:     `io.precopy.incremental: "yes" is not "on" or "off"`,
 	} {
 		if _, err := Load(writeConfig(t, text)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v, want it to say %q", text, err, want)
