@@ -114,13 +114,14 @@ func (s *Service) resume(ctx context.Context, c *container, r *taskAPI.ResumeReq
 	return s.TTRPCTaskService.Resume(ctx, r)
 }
 
-// deleted forgets a deleted container's rounds and pin.
+// deleted forgets a deleted container's rounds, pin and kept image.
 func (s *Service) deleted(ctx context.Context, c *container) {
 	c.rounds.interrupt()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s.unpin(ctx, c, "container deleted")
 	c.drop(ctx, "container deleted")
+	c.engine.Release()
 	c.phase, c.pause = idle, pauseRecord{}
 }
 

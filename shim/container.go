@@ -92,10 +92,13 @@ func (s *Service) newContainer(r *taskAPI.CreateTaskRequest, ns string, cs setti
 	return c
 }
 
-// newEngine is the engine for c's checkpoints, with rounds in its bundle:
-// containerd's state dir, a tmpfs.
+// newEngine is the engine for c's checkpoints, with rounds (and, for
+// incremental checkpoints, the last checkpoint's memory image) in its
+// bundle: containerd's state dir, a tmpfs.
 func newEngine(c *container, rt precopy.Runtime) *precopy.Engine {
-	return precopy.New(rt, c.settings.Policy, string(c.settings.Mode), filepath.Join(c.bundle, "precopy"), log.L.WithField("id", c.id))
+	e := precopy.New(rt, c.settings.Policy, string(c.settings.Mode), filepath.Join(c.bundle, "precopy"), log.L.WithField("id", c.id))
+	e.Incremental, e.KeepBudget = c.settings.Incremental, c.settings.IncrementalBudget
+	return e
 }
 
 // paused records a Pause that froze the task, leaving r for the

@@ -57,6 +57,8 @@ type fakeTasks struct {
 	preDumpStarted chan int
 	preDumpGo      chan struct{}
 	preDumps       int
+	// preDumpParents are the parents each pre-dump got.
+	preDumpParents []string
 }
 
 func (f *fakeTasks) record(call string) {
@@ -183,6 +185,9 @@ func writeImage(dir, parent string) error {
 			return err
 		}
 	}
+	if err := os.WriteFile(filepath.Join(dir, "inventory.img"), []byte("inventory"), 0o600); err != nil {
+		return err
+	}
 	return os.WriteFile(filepath.Join(dir, "pages-1.img"), make([]byte, 4096), 0o600)
 }
 
@@ -197,6 +202,9 @@ func (f *fakeTasks) PreDump(_ context.Context, _ string, d precopy.Dirs) error {
 		started <- n
 		<-proceed
 	}
+	f.mu.Lock()
+	f.preDumpParents = append(f.preDumpParents, d.Parent)
+	f.mu.Unlock()
 	return writeImage(d.Image, d.Parent)
 }
 

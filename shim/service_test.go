@@ -351,3 +351,31 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 }
+
+// TestIncrementalKeptUntilDelete: with io.precopy.incremental on, a
+// checkpoint's image is kept in the bundle and the next checkpoint's first
+// round dumps against it; Delete releases it, leaving nothing of
+// pre-copy in the bundle.
+func TestIncrementalKeptUntilDelete(t *testing.T) {
+	h := newHarness(t, map[string]string{settings.AnnotationIncremental: "on"}, false)
+	first := h.ctrCheckpoint()
+	if inc := first.Incremental; inc == nil || !inc.Kept || inc.Parent != nil {
+		t.Fatalf("first checkpoint's incremental %+v, want kept, no parent", inc)
+	}
+	if left := h.roundsLeft(); !slices.Equal(left, []string{"kept"}) {
+		t.Errorf("bundle holds %v after the checkpoint, want the kept image", left)
+	}
+	second := h.ctrCheckpoint()
+	if inc := second.Incremental; inc == nil || inc.Parent == nil || inc.Parent.Number != 1 || inc.Number != 2 {
+		t.Errorf("second checkpoint's incremental %+v, want checkpoint 1 as parent", inc)
+	}
+	if p := h.tasks.preDumpParents; len(p) != 4 || p[0] != "" || p[2] != "../round-0" {
+		t.Errorf("pre-dumps on %q, want the second checkpoint's first on the kept image", p)
+	}
+	if err := h.delete(); err != nil {
+		t.Fatal(err)
+	}
+	if left := h.roundsLeft(); left != nil {
+		t.Errorf("bundle holds %v after Delete", left)
+	}
+}
