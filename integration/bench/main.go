@@ -11,7 +11,15 @@
 //
 //	scenario=<name> local_write_ms=… precopyd_write_ms=… write_ratio=… read_ratio=… …
 //
-// It measures; it asserts nothing.
+// The periodic-* scenarios checkpoint one container repeatedly,
+// incremental on and off (periodic.go), and end with
+//
+//	scenario=<name> pages_ratio=… precopy_time_ratio=… freeze_ratio=… recovery_ms=…
+//
+// the medians of checkpoints 2 to 5 over the first of an incremental
+// series (pages CRIU wrote, the rounds' time, the final freeze), and of
+// the time from the workload's death to its last checkpoint restored and
+// running. It measures; it asserts nothing.
 package main
 
 import (
@@ -45,6 +53,9 @@ type scenario struct {
 	// precopyd's (memory-backed), for both shims; precopy's shim asks it
 	// to pin the writable rootfs and thaws right after the final dump.
 	precopyd bool
+	// periodic: checkpoint one container again and again, incremental
+	// on and off (periodic.go), instead of stock against precopy.
+	periodic *periodic
 }
 
 // precopydLimits hold a 1 GiB scenario's images (one per checkpoint
@@ -53,8 +64,11 @@ var precopydLimits = harness.PrecopydOptions{ContentLimit: 3 << 30, SnapshotLimi
 
 // scenarios are the workloads the bench knows.
 var scenarios = map[string]scenario{
-	"low-dirty-256m": {args: []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"}},
-	"low-dirty-1g":   {args: []string{"-mib", "1024", "-dirty-mibps", "16", "-hot", "0.1"}},
+	// Repeated checkpoints of the 1 GiB low-dirtying workload, each
+	// incremental on the one before or not.
+	"periodic-low-dirty-1g": {args: []string{"-mib", "1024", "-dirty-mibps", "16", "-hot", "0.1"}, periodic: &periodic{checkpoints: 5, gap: 20 * time.Second}},
+	"low-dirty-256m":        {args: []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"}},
+	"low-dirty-1g":          {args: []string{"-mib", "1024", "-dirty-mibps", "16", "-hot", "0.1"}},
 	// Rewrites all of its memory faster than CRIU dumps it.
 	"write-all-256m": {args: []string{"-mib", "256", "-dirty-mibps", "4096", "-hot", "1"}},
 	// Both through the CRI plugin: stock runc-v2 and precopy's shim as
@@ -149,7 +163,11 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *scenario, sc, *runs); err != nil {
+	runScenario := run
+	if sc.periodic != nil {
+		runScenario = runPeriodic
+	}
+	if err := runScenario(ctx, *scenario, sc, *runs); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}

@@ -115,15 +115,15 @@ func runStorage(ctx context.Context, name string, mib, runs int, profileDir stri
 	handler := func(r storageRun) float64 { return r.perWrite(r.writes.HandleNanos) }
 	cpu := func(r storageRun) float64 { return r.perWrite(int64(r.cpu)) }
 	fmt.Printf("spread: local write %s, precopyd write %s, local read %s, precopyd read %s (min-max ms); precopyd per write: handler %s µs, process CPU %s µs; load average %s\n",
-		spreadOf(l, write), spreadOf(p, write), spreadOf(l, read), spreadOf(p, read), spreadOf(p, handler), spreadOf(p, cpu), loadavg())
+		runSpread(l, write), runSpread(p, write), runSpread(l, read), runSpread(p, read), runSpread(p, handler), runSpread(p, cpu), loadavg())
 	if profileDir != "" {
 		if err := profileStorage(ctx, stores, args, profileDir, results); err != nil {
 			return err
 		}
 	}
-	lw, pw, lr, pr := medianOf(l, write), medianOf(p, write), medianOf(l, read), medianOf(p, read)
+	lw, pw, lr, pr := runMedian(l, write), runMedian(p, write), runMedian(l, read), runMedian(p, read)
 	fmt.Printf("scenario=%s local_write_ms=%.0f precopyd_write_ms=%.0f write_ratio=%.3f read_ratio=%.3f local_read_ms=%.0f precopyd_read_ms=%.0f precopyd_handler_us_per_write=%.1f precopyd_cpu_us_per_write=%.1f\n",
-		name, lw, pw, pw/lw, pr/lr, lr, pr, medianOf(p, handler), medianOf(p, cpu))
+		name, lw, pw, pw/lw, pr/lr, lr, pr, runMedian(p, handler), runMedian(p, cpu))
 	return nil
 }
 
@@ -288,23 +288,22 @@ func profileStorage(ctx context.Context, stores []store, args []string, dir stri
 	return nil
 }
 
-func medianOf(rs []storageRun, f func(storageRun) float64) float64 {
+// runMedian and runSpread are medianOf and spreadOf over f of the runs
+// that have it (f is NaN where a run does not).
+func runMedian(rs []storageRun, f func(storageRun) float64) float64 {
 	v := valuesOf(rs, f)
 	if len(v) == 0 {
 		return math.NaN()
 	}
-	if n := len(v); n%2 == 1 {
-		return v[n/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	return medianOf(v)
 }
 
-func spreadOf(rs []storageRun, f func(storageRun) float64) string {
+func runSpread(rs []storageRun, f func(storageRun) float64) string {
 	v := valuesOf(rs, f)
 	if len(v) == 0 {
 		return "n/a"
 	}
-	return fmt.Sprintf("%.1f-%.1f", v[0], v[len(v)-1])
+	return spreadOf(v, "%.1f")
 }
 
 func valuesOf(rs []storageRun, f func(storageRun) float64) []float64 {

@@ -1,0 +1,85 @@
+package integration
+
+import (
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/precopy/precopy/integration/harness"
+	"github.com/precopy/precopy/precopy/settings"
+	precopyshim "github.com/precopy/precopy/shim"
+)
+
+// TestIncrementalCheckpointRestore checkpoints the workload, lets it
+// rewrite part of its memory, checkpoints it again (the first round
+// dumping against the first checkpoint's kept image), kills it, and
+// restores the second checkpoint: every page verifies, the memory is the
+// second checkpoint's (it answered a query made between the two), and
+// the counter goes on from there. Then again with the first
+// checkpoint's image removed: the second is complete on its own. A page
+// the workload rewrote between the checkpoints and the second one took
+// from the first's image would fail the workload's verification. It
+// needs pre-dump, so it runs in the VM tier.
+func TestIncrementalCheckpointRestore(t *testing.T) {
+	requireSoftDirty(t)
+	d := stack.daemon
+	ctx := testContext(t, d)
+	const id = "incremental-src"
+	task := runMemloadAnnotated(t, d, id, precopyshim.Runtime, map[string]string{settings.AnnotationIncremental: "on"}, memloadArgs...)
+
+	const ref1, ref2 = "precopy.test/checkpoint:incremental-1", "precopy.test/checkpoint:incremental-2"
+	checkpointCtr(t, ctx, d, id, ref1)
+	t.Cleanup(func() { d.RemoveImage(ctx, ref1) })
+	first, err := harness.CheckpointReport(ctx, d.Client(), ref1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inc := first.Incremental; !first.PreCopied || inc == nil || !inc.Kept || inc.Parent != nil {
+		t.Fatalf("first checkpoint: pre-copied %v, incremental %+v; want pre-copied, kept, no parent", first.PreCopied, inc)
+	}
+
+	// The workload rewrites part of its memory: wait until it has
+	// rewritten as many pages as its hot set holds.
+	start := queryMemload(t, ctx, task)
+	for st := start; st.Cursor < start.Cursor+st.HotPages; st = queryMemload(t, ctx, task) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	// A query marks the memory (its query count) between the two.
+	marked := queryMemload(t, ctx, task)
+	checkpointCtr(t, ctx, d, id, ref2)
+	t.Cleanup(func() { d.RemoveImage(ctx, ref2) })
+	second, err := harness.CheckpointReport(ctx, d.Client(), ref2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inc := second.Incremental
+	if !second.PreCopied || inc == nil || inc.Parent == nil || inc.Parent.Number != 1 || inc.Number != 2 {
+		t.Fatalf("second checkpoint: pre-copied %v, incremental %+v; want checkpoint 1 as parent", second.PreCopied, inc)
+	}
+	round1 := second.Rounds[0]
+	t.Logf("second checkpoint's round 1: %d pages written, %d from checkpoint 1's image (first checkpoint's round 1 wrote %d)",
+		round1.PagesWritten, inc.PagesFromParent, first.Rounds[0].PagesWritten)
+	if inc.PagesFromParent == 0 || round1.PagesWritten >= first.Rounds[0].PagesWritten {
+		t.Errorf("second checkpoint's round 1 wrote %d pages, took %d from its parent: not incremental", round1.PagesWritten, inc.PagesFromParent)
+	}
+
+	if err := syscall.Kill(int(task.Pid()), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	removeContainer(t, d, id)
+	restoreSecond := func(id string) {
+		t.Helper()
+		restored := restoreCtr(t, ctx, d, id, ref2)
+		after := queryMemload(t, ctx, restored)
+		checkMemoryContinued(t, marked, after)
+		if after.QuerySeq <= marked.QuerySeq {
+			t.Errorf("restored memory answered %d queries, the marked one %d: not the second checkpoint's memory", after.QuerySeq-1, marked.QuerySeq)
+		}
+		removeContainer(t, d, id)
+	}
+	restoreSecond("incremental-dst")
+	if err := d.RemoveImage(ctx, ref1); err != nil {
+		t.Fatal(err)
+	}
+	restoreSecond("incremental-dst-alone")
+}
