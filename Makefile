@@ -45,7 +45,7 @@ deps:
 	bash hack/deps.sh
 
 install: build
-	install -m 0755 $(BIN)/containerd-shim-precopy-v1 $(PREFIX)/bin/
+	install -m 0755 $(BIN)/containerd-shim-precopy-v1 $(BIN)/precopyctl $(PREFIX)/bin/
 
 # Every tier: unit tests, integration tests on this kernel, and the
 # integration tests again in the soft-dirty VM.
