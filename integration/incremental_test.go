@@ -10,6 +10,10 @@ import (
 	precopyshim "github.com/precopy/precopy/shim"
 )
 
+// incrementalOn turns incremental checkpoints on, for the tests' small
+// workload too (pre-copy skips containers under 64 MiB by default).
+var incrementalOn = map[string]string{settings.AnnotationIncremental: "on", settings.AnnotationMinSize: "16MiB"}
+
 // TestIncrementalCheckpointRestore checkpoints the workload, lets it
 // rewrite part of its memory, checkpoints it again (the first round
 // dumping against the first checkpoint's kept image), kills it, and
@@ -25,7 +29,7 @@ func TestIncrementalCheckpointRestore(t *testing.T) {
 	d := stack.daemon
 	ctx := testContext(t, d)
 	const id = "incremental-src"
-	task := runMemloadAnnotated(t, d, id, precopyshim.Runtime, map[string]string{settings.AnnotationIncremental: "on"}, memloadArgs...)
+	task := runMemloadAnnotated(t, d, id, precopyshim.Runtime, incrementalOn, memloadArgs...)
 
 	const ref1, ref2 = "precopy.test/checkpoint:incremental-1", "precopy.test/checkpoint:incremental-2"
 	checkpointCtr(t, ctx, d, id, ref1)

@@ -69,6 +69,9 @@ func (e *Engine) Checkpoint(ctx context.Context, r *Rounds, cp Checkpoint) (*Rep
 // the image of a final dump on rounds (see incremental.go).
 func (e *Engine) incremental(r *Rounds, f *finalDump) *Incremental {
 	inc := &Incremental{Number: e.checkpoints, Parent: r.parent, NoParent: r.noParent, Unshare: r.unshare}
+	if inc.Parent == nil && inc.NoParent == "" {
+		inc.NoParent = "one-shot: pre-copy did not run"
+	}
 	if r.parent != nil && len(f.report.Rounds) > 0 {
 		inc.PagesFromParent = f.report.Rounds[0].PagesSkippedParent
 		inc.BytesSaved = int64(inc.PagesFromParent) * policy.PageSize

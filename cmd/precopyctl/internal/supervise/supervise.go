@@ -132,6 +132,11 @@ func (s *supervisor) checkpoint(ctx context.Context, ctr containerd.Container, t
 	name := checkpoints.Name(s.cfg.Prefix, s.cfg.ID, now)
 	t, err := checkpoints.Take(ctx, s.client, ctr, s.cfg.Prefix, name, s.cfg.RW, now)
 	if err != nil {
+		// A task that died meanwhile fails its checkpoint: its exit,
+		// next, says what happened.
+		if st, serr := task.Status(ctx); serr == nil && st.Status == containerd.Stopped {
+			return
+		}
 		s.line("checkpoint-failed", "image=%s error=%q", name, err.Error())
 		return
 	}
