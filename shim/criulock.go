@@ -54,22 +54,49 @@ func removeNetfilterLocks(pid int) ([]string, error) {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	defer conn.CloseLasting()
-	var removed []string
+	removed, err := queueCRIUTables(conn)
+	if err != nil {
+		return nil, err
+	}
+	chains, errs, err := queueCRIUChains(conn)
+	if err != nil {
+		return nil, err
+	}
+	removed = append(removed, chains...)
+	if len(removed) == 0 {
+		return nil, errors.Join(errs...)
+	}
+	if err := conn.Flush(); err != nil {
+		return nil, fmt.Errorf("nftables: remove %v: %w", removed, err)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// queueCRIUTables queues the deletion of CRIU's nftables lock tables
+// (inet CRIU-<run id>) on conn and names them.
+func queueCRIUTables(conn *nftables.Conn) ([]string, error) {
 	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: list tables: %w", err)
 	}
+	var removed []string
 	for _, t := range tables {
 		if strings.HasPrefix(t.Name, criuLockTablePrefix) {
 			conn.DelTable(t)
 			removed = append(removed, "table inet "+t.Name)
 		}
 	}
+	return removed, nil
+}
+
+// queueCRIUChains queues the deletion of CRIU's iptables lock chain in
+// each filter table, and of the INPUT and OUTPUT rules that jump to it,
+// on conn and names them; errs are the rules that could not be listed.
+func queueCRIUChains(conn *nftables.Conn) (removed []string, errs []error, err error) {
 	chains, err := conn.ListChains()
 	if err != nil {
-		return nil, fmt.Errorf("nftables: list chains: %w", err)
+		return nil, nil, fmt.Errorf("nftables: list chains: %w", err)
 	}
-	var errs []error
 	for _, c := range chains {
 		if c.Name != criuLockChain || c.Table.Name != "filter" {
 			continue
@@ -93,13 +120,7 @@ func removeNetfilterLocks(pid int) ([]string, error) {
 		conn.DelChain(c)
 		removed = append(removed, fmt.Sprintf("chain %s CRIU", c.Table.Name))
 	}
-	if len(removed) == 0 {
-		return nil, errors.Join(errs...)
-	}
-	if err := conn.Flush(); err != nil {
-		return nil, fmt.Errorf("nftables: remove %v: %w", removed, err)
-	}
-	return removed, errors.Join(errs...)
+	return removed, errs, nil
 }
 
 // jumpsTo says whether rule r jumps to chain.
