@@ -166,7 +166,9 @@ func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 	}
 	final := f.report.Final
 	if measured {
-		f.e.finalFixed = max(final.Freeze()-final.MemDump-final.MemWrite, 0)
+		// In a dump, CRIU writes the pages inside memdump_time
+		// (memwrite_time is a part of it, unlike in a pre-dump).
+		f.e.finalFixed = max(final.Freeze()-final.MemDump, 0)
 	}
 	// The rounds are discarded after this, so the final flatten may take
 	// over the last round's pages instead of copying them, where the page

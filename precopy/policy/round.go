@@ -32,7 +32,9 @@ type Round struct {
 	// the task frozen in splice mode, after the thaw in read mode.
 	MemDump time.Duration `json:"memdump_ns"`
 	// MemWrite is memwrite_time: in a pre-dump, writing the collected pages
-	// out after the task is thawed.
+	// out after the task is thawed; in a dump, writing them while frozen,
+	// a part of memdump_time (CRIU's __parasite_dump_pages_seized writes
+	// before it stops that timer).
 	MemWrite time.Duration `json:"memwrite_ns"`
 	// Start is when the round's runc/CRIU call began. Optional: when zero,
 	// rounds are taken to run back to back and Wall stands in for the time
