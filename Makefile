@@ -16,6 +16,8 @@ PREFIX   ?= /usr/local
 RUN      ?= .
 VM_RUN   ?= $(RUN)
 TEST_TIMEOUT ?= 30m
+# The VM tier runs the same tests under TCG, several times slower.
+VM_TEST_TIMEOUT ?= 50m
 
 export PRECOPY_BIN_DIR := $(BIN)
 # Integration tests fail, not skip, when the stack is missing.
@@ -73,8 +75,8 @@ test-integration: build
 
 test-vm: build
 	go test -c -o $(OUT)/integration.test ./integration/
-	bash integration/vm/run.sh -t 2400 -- $(OUT)/integration.test -test.v -test.count=1 \
-		-test.timeout $(TEST_TIMEOUT) -test.run '$(VM_RUN)' 2>&1 | tee $(OUT)/test-vm.log
+	bash integration/vm/run.sh -t 3300 -- $(OUT)/integration.test -test.v -test.count=1 \
+		-test.timeout $(VM_TEST_TIMEOUT) -test.run '$(VM_RUN)' 2>&1 | tee $(OUT)/test-vm.log
 	go test -c -o $(OUT)/imagechain.test ./precopy/imagechain/
 	bash integration/vm/run.sh -t 2400 -- $(OUT)/imagechain.test -test.v -test.count=1 \
 		-test.timeout $(TEST_TIMEOUT) 2>&1 | tee $(OUT)/test-vm-imagechain.log
