@@ -353,17 +353,11 @@ func values(ms []harness.Measurement, f func(harness.Measurement) float64) []flo
 }
 
 func median(ms []harness.Measurement, f func(harness.Measurement) float64) float64 {
-	v := values(ms, f)
-	if n := len(v); n%2 == 1 {
-		return v[n/2]
-	} else {
-		return (v[n/2-1] + v[n/2]) / 2
-	}
+	return medianOf(values(ms, f))
 }
 
 func spread(ms []harness.Measurement, f func(harness.Measurement) float64) string {
-	v := values(ms, f)
-	return fmt.Sprintf("%.0f-%.0f", v[0], v[len(v)-1])
+	return spreadOf(values(ms, f), "%.0f")
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -96,16 +96,9 @@ var known = map[string]setting{
 		s.Policy.TimeBudget, err = parsePositiveDuration(v)
 		return err
 	}},
-	AnnotationMemoryBudget: {"a positive byte size like 512MiB or 2GB", func(s *Settings, v string) error {
-		n, err := ParseBytes(v)
-		switch {
-		case err != nil:
-			return err
-		case n == 0:
-			return errSilent
-		}
-		s.Policy.MemoryBudget = n
-		return nil
+	AnnotationMemoryBudget: {"a positive byte size like 512MiB or 2GB", func(s *Settings, v string) (err error) {
+		s.Policy.MemoryBudget, err = positiveBytes(v)
+		return err
 	}},
 	AnnotationMinSize: {"a byte size like 64MiB, or 0", func(s *Settings, v string) (err error) {
 		s.Policy.MinSize, err = ParseBytes(v)
@@ -143,17 +136,20 @@ var known = map[string]setting{
 		}
 		return nil
 	}},
-	AnnotationIncrementalBudget: {"a positive byte size like 2GiB", func(s *Settings, v string) error {
-		n, err := ParseBytes(v)
-		switch {
-		case err != nil:
-			return err
-		case n == 0:
-			return errSilent
-		}
-		s.IncrementalBudget = n
-		return nil
+	AnnotationIncrementalBudget: {"a positive byte size like 2GiB", func(s *Settings, v string) (err error) {
+		s.IncrementalBudget, err = positiveBytes(v)
+		return err
 	}},
+}
+
+// positiveBytes is v as a byte size above zero (errSilent for zero: the
+// setting's description says what it takes).
+func positiveBytes(v string) (uint64, error) {
+	n, err := ParseBytes(v)
+	if err == nil && n == 0 {
+		err = errSilent
+	}
+	return n, err
 }
 
 // choose sets *dst to v if v is one of values.
