@@ -238,18 +238,7 @@ func testFinalDumpCRIUKilled(t *testing.T, name string, env []string) {
 	} else {
 		t.Logf("checkpoint failed as it should: %v", err)
 	}
-	if _, err := d.Client().GetImage(ctx, ref); err == nil {
-		t.Errorf("a failed checkpoint left image %s", ref)
-	}
-	requireStatus(t, ctx, task, containerd.Running)
-	after := queryMemload(t, ctx, task)
-	if err := after.Check(); err != nil {
-		t.Error(err)
-	}
-	if after.Counter <= before.Counter {
-		t.Errorf("workload counter %d did not go on from %d", after.Counter, before.Counter)
-	}
-	requireNothingLeft(t, ctx, d, task)
+	requireRanOnAfterFailure(t, ctx, d, task, ref, before)
 }
 
 // TestFinalDumpCRIUKilledExit is TestFinalDumpCRIUKilled for a checkpoint
@@ -274,6 +263,14 @@ func TestFinalDumpCRIUKilledExit(t *testing.T) {
 	if stack.softDirty && err != nil && !strings.Contains(err.Error(), "not redone") {
 		t.Errorf("exit-mode failure on rounds does not say it was not redone: %v", err)
 	}
+	requireRanOnAfterFailure(t, ctx, d, task, ref, before)
+}
+
+// requireRanOnAfterFailure checks what a checkpoint that failed must
+// leave: no image ref, and task running on from before with its memory
+// intact, nothing of the checkpoint left.
+func requireRanOnAfterFailure(t *testing.T, ctx context.Context, d *harness.Daemon, task containerd.Task, ref string, before workload.Status) {
+	t.Helper()
 	if _, err := d.Client().GetImage(ctx, ref); err == nil {
 		t.Errorf("a failed checkpoint left image %s", ref)
 	}
