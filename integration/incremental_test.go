@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/precopy/precopy/integration/harness"
+	"github.com/precopy/precopy/precopy"
 	"github.com/precopy/precopy/precopy/settings"
 	precopyshim "github.com/precopy/precopy/shim"
 )
@@ -41,6 +42,7 @@ func TestIncrementalCheckpointRestore(t *testing.T) {
 	if inc := first.Incremental; !first.PreCopied || inc == nil || !inc.Kept || inc.Parent != nil {
 		t.Fatalf("first checkpoint: pre-copied %v, incremental %+v; want pre-copied, kept, no parent", first.PreCopied, inc)
 	}
+	logRounds(t, "first checkpoint", first)
 
 	// The workload rewrites part of its memory: wait until it has
 	// rewritten as many pages as its hot set holds.
@@ -56,6 +58,7 @@ func TestIncrementalCheckpointRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	logRounds(t, "second checkpoint", second)
 	inc := second.Incremental
 	if !second.PreCopied || inc == nil || inc.Parent == nil || inc.Parent.Number != 1 || inc.Number != 2 {
 		t.Fatalf("second checkpoint: pre-copied %v, incremental %+v; want checkpoint 1 as parent", second.PreCopied, inc)
@@ -86,4 +89,19 @@ func TestIncrementalCheckpointRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	restoreSecond("incremental-dst-alone")
+}
+
+// logRounds logs what each round of checkpoint r wrote and what its
+// flatten took over or copied of the previous image, and why.
+func logRounds(t *testing.T, what string, r *precopy.Report) {
+	t.Helper()
+	for _, rd := range r.Rounds {
+		t.Logf("%s, round %d: %d pages written, %d skipped (parent), flatten %s: %d pages taken over, %d copied; copied because: %q",
+			what, rd.Index, rd.PagesWritten, rd.PagesSkippedParent, rd.Flatten, rd.FlattenTakenOver, rd.FlattenCopied, rd.FlattenCopyReason)
+	}
+	if r.Final != nil {
+		f := r.Final
+		t.Logf("%s, final dump: %d pages written, %d skipped (parent), flatten %s: %d pages taken over, %d copied; copied because: %q",
+			what, f.PagesWritten, f.PagesSkippedParent, r.FinalFlatten, f.FlattenTakenOver, f.FlattenCopied, f.FlattenCopyReason)
+	}
 }

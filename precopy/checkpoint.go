@@ -175,7 +175,7 @@ func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 	// layout allows.
 	start := f.e.Now()
 	res, err := f.e.Flatten(f.cp.ImageDir, r.dir)
-	if res.TakeoverRefused != "" && !f.e.warnedCopiedFlatten {
+	if res.TakeoverLinkFailed && !f.e.warnedCopiedFlatten {
 		f.e.warnedCopiedFlatten = true
 		f.e.Log.Warnf("precopy: the final flatten copies the rounds' pages instead of taking them over (%s); put containerd's checkpoint temp dir ($XDG_RUNTIME_DIR or $TMPDIR) on the filesystem of its state dir (see README)", res.TakeoverRefused)
 	}
@@ -185,6 +185,7 @@ func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 		return fmt.Errorf("flatten final image: %w", err)
 	}
 	f.report.FinalFlatten = f.e.Now().Sub(start)
+	final.FlattenTakenOver, final.FlattenCopied, final.FlattenCopyReason = res.PagesTakenOver, res.PagesCopied, res.TakeoverRefused
 	final.ImageBytes = dirBytes(f.cp.ImageDir)
 	f.e.Log.Infof("precopy: checkpoint done: %d rounds, final freeze %s (predicted %s), %d pages, flatten %s",
 		len(f.report.Rounds), final.Freeze(), f.report.Stop.PredictedFreeze, final.PagesWritten, f.report.FinalFlatten)

@@ -288,10 +288,15 @@ func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, err
 	// parent stands alone and the frozen flatten resolves one level only.
 	if d.Parent != "" {
 		f := e.Now()
-		if _, err := e.Flatten(d.Image, r.dir); err != nil {
+		res, err := e.Flatten(d.Image, r.dir)
+		if err != nil {
 			return policy.Round{}, fmt.Errorf("flatten: %w", err)
 		}
 		round.Flatten = e.Now().Sub(f)
+		round.FlattenTakenOver, round.FlattenCopied, round.FlattenCopyReason = res.PagesTakenOver, res.PagesCopied, res.TakeoverRefused
+		if res.TakeoverRefused != "" {
+			e.Log.Infof("precopy: round %d's flatten copied %d pages of the previous image (took over %d): %s", i, res.PagesCopied, res.PagesTakenOver, res.TakeoverRefused)
+		}
 		// The previous round is now redundant (and consumed): every page
 		// it held is in this one.
 		if err := os.RemoveAll(r.image); err != nil {

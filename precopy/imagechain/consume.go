@@ -81,8 +81,10 @@ type takeover struct {
 	// its bytes come from ancestors (the rest are dir's own).
 	tail       copyPlan
 	tailCopied int64
-	// refused is why write could not take the parent's file over.
-	refused error
+	// refused is why write could not take the parent's file over;
+	// linkFailed: because the link could not be made or opened.
+	refused    error
+	linkFailed bool
 	// baseID is base's inode, checked again once linked.
 	baseID fileID
 }
@@ -141,11 +143,12 @@ func planTakeovers(jobs []*pagemapJob, c *chain) error {
 		}
 	}
 	for _, j := range jobs {
-		t, err := planTakeover(j.name, j.img, j.own, c, &j.plan)
+		t, why, err := planTakeover(j.name, j.img, j.own, c, &j.plan)
 		if err != nil {
 			return fmt.Errorf("pagemap %s: %w", j.name, err)
 		}
 		if t == nil {
+			j.copyReason = why
 			continue
 		}
 		id, err := idOfCached(t.base)
@@ -166,27 +169,32 @@ func planTakeovers(jobs []*pagemapJob, c *chain) error {
 
 // planTakeover returns the takeover making pagemap name (decoded as img,
 // whose PE_PRESENT pages are in own; plan is its flat pages file as a
-// copy) flat, or nil if taking the parent's pages file over would not
-// beat copying: the flat file must list the parent's pages, each at the
-// offset it has in the parent's pages file, up to a cut that leaves a tail
-// no longer than the prefix.
-func planTakeover(name string, img *pagemapImage, own *os.File, c *chain, plan *copyPlan) (*takeover, error) {
+// copy) flat, or nil and why if taking the parent's pages file over would
+// not beat copying: the flat file must list the parent's pages, each at
+// the offset it has in the parent's pages file, up to a cut that leaves a
+// tail no longer than the prefix.
+func planTakeover(name string, img *pagemapImage, own *os.File, c *chain, plan *copyPlan) (*takeover, string, error) {
 	if len(c.dirs) == 0 {
-		return nil, nil
+		return nil, "no parent image", nil
 	}
 	a, err := c.pagemap(0, name)
-	if err != nil || a == nil {
-		return nil, err
+	if err != nil {
+		return nil, "", err
+	}
+	if a == nil {
+		return nil, fmt.Sprintf("the parent has no %s (a process it did not dump)", name), nil
 	}
 	ps := c.pageSize
 	t := &takeover{}
 	var out, ownOff int64 // offsets in the flat file and in own
+	var differs string    // how the layout first differs from the parent's
 walk:
 	for _, e := range img.entries {
 		vaddr, left := e.vaddr, e.pages
 		for left > 0 {
 			s, ok := a.index.lookup(vaddr, ps)
 			if !ok || s.inParent() || !s.present() || s.off+int64(vaddr-s.vaddr) != out {
+				differs = layoutDiffers(vaddr, out, s, ok, a.index, ps)
 				break walk
 			}
 			n := min(left, (s.end(ps)-vaddr)/ps)
@@ -202,8 +210,12 @@ walk:
 	}
 	t.cut = min(out, a.index.presentBytes)
 	total := plan.size()
+	if total == 0 {
+		return nil, "no pages to write", nil
+	}
 	if t.cut == 0 || total-t.cut > t.cut {
-		return nil, nil
+		return nil, fmt.Sprintf("page layout differs from the parent's at flat offset %d %s of %d bytes: the tail to rewrite (%d bytes) is longer than the prefix kept",
+			t.cut, differs, total, total-t.cut), nil
 	}
 	t.tail = plan.from(t.cut)
 	for _, op := range t.tail.ops {
@@ -212,9 +224,35 @@ walk:
 		}
 	}
 	if t.base, err = a.pagesFile(); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return t, nil
+	return t, "", nil
+}
+
+// layoutDiffers says how the page at vaddr, at offset out of the flat
+// file, differs from the parent's (found: s is the parent's span holding
+// vaddr): not in the parent, not flat there, or at another offset, pages
+// having been added or removed below it since the parent; for removed
+// ones, it names the first (the parent's page at offset out).
+func layoutDiffers(vaddr uint64, out int64, s span, found bool, x *pageIndex, ps uint64) string {
+	switch {
+	case !found:
+		return fmt.Sprintf("(vaddr %#x, not in the parent's pagemap)", vaddr)
+	case s.inParent() || !s.present():
+		return fmt.Sprintf("(vaddr %#x, which the parent holds in its own parent: not flat)", vaddr)
+	}
+	at := s.off + int64(vaddr-s.vaddr)
+	if at < out {
+		return fmt.Sprintf("(vaddr %#x, at %d in the parent's pages file: %d pages more below it than in the parent)", vaddr, at, (out-at)/int64(ps))
+	}
+	gone := ""
+	for _, p := range x.spans {
+		if p.present() && p.off <= out && out < p.off+int64(p.pages*ps) {
+			gone = fmt.Sprintf(", the first the parent's page at %#x", p.vaddr+uint64(out-p.off))
+			break
+		}
+	}
+	return fmt.Sprintf("(vaddr %#x, at %d in the parent's pages file: %d pages fewer below it than in the parent%s)", vaddr, at, (at-out)/int64(ps), gone)
 }
 
 // write makes the new pages file final (a name in r.dir) from t: a hard
@@ -231,11 +269,13 @@ func (t *takeover) write(r *replacement, final string) (bool, error) {
 	// The open file itself is linked, not a name: it is the regular file
 	// with one link that openPages checked, wherever its name leads now.
 	if err := linkFile(t.base, r.dirFd, name); err != nil {
+		t.linkFailed = true
 		t.refused = fmt.Errorf("hard link %s as %s: %w", t.base.Name(), tmp, err)
 		return false, nil
 	}
 	fd, err := unix.Openat(r.dirFd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
+		t.linkFailed = true
 		t.refused = &fs.PathError{Op: "open", Path: tmp, Err: err}
 		unix.Unlinkat(r.dirFd, name, 0)
 		return false, nil

@@ -32,12 +32,21 @@ type Result struct {
 	// from the parent that were not copied: the parent's pages file became
 	// the new one, with dir's own pages written over it in place.
 	PagesTakenOver uint64
-	// TakeoverRefused (FlattenConsuming only) says why a parent's pages
-	// file could not be taken over and was copied instead, e.g. the dir
-	// and its parent are on different filesystems (no hard link).
+	// TakeoverRefused (FlattenConsuming only) says, for each pagemap whose
+	// pages were copied from the parent instead of taken over, why: its
+	// page layout differs from the parent's too early, the parent has no
+	// such pagemap, the parent's pages file could not be linked (e.g. the
+	// dir and its parent are on different filesystems), ... Empty when
+	// every rewritten pagemap took its parent's pages file over.
 	TakeoverRefused string
+	// TakeoverLinkFailed (FlattenConsuming only): a refusal was the hard
+	// link of the parent's pages file into dir, which fails across
+	// filesystems.
+	TakeoverLinkFailed bool
 	// Duration is the wall time Flatten took.
 	Duration time.Duration
+
+	refusals int // pagemaps in TakeoverRefused
 }
 
 // Option changes how Flatten and FlattenConsuming treat a chain.
@@ -137,6 +146,8 @@ type pagemapJob struct {
 	kept      uint64        // pages from own
 	copied    uint64        // pages from ancestors
 	takeover  *takeover     // FlattenConsuming's plan; nil: copy
+	// copyReason is why FlattenConsuming planned no takeover.
+	copyReason string
 }
 
 // flatten is Flatten, and FlattenConsuming with consume, of the open dir
@@ -311,13 +322,15 @@ func (j *pagemapJob) close() {
 func writePagemapJob(j *pagemapJob, newID uint32, r *replacement, pageSize uint64, res *Result) error {
 	res.PagesKept += j.kept
 	done := false
+	why := j.copyReason
 	if t := j.takeover; t != nil {
 		var err error
 		if done, err = t.write(r, pagesName(newID)); err != nil {
 			return err
 		}
-		if !done && res.TakeoverRefused == "" {
-			res.TakeoverRefused = t.refused.Error()
+		if !done {
+			why = t.refused.Error()
+			res.TakeoverLinkFailed = res.TakeoverLinkFailed || t.linkFailed
 		}
 		if done {
 			tailCopied := uint64(t.tailCopied) / pageSize
@@ -326,6 +339,9 @@ func writePagemapJob(j *pagemapJob, newID uint32, r *replacement, pageSize uint6
 			res.BytesCopied += t.tailCopied
 			res.BytesWritten += t.size()
 		}
+	}
+	if !done && why != "" {
+		res.refused(j.name, why)
 	}
 	if !done {
 		if err := writeNew(r, pagesName(newID), j.pagesMode, true, func(f *os.File) error {
@@ -347,6 +363,25 @@ func writePagemapJob(j *pagemapJob, newID uint32, r *replacement, pageSize uint6
 	r.obsolete = append(r.obsolete, j.oldPages)
 	res.Pagemaps++
 	return nil
+}
+
+// maxRefusals is how many pagemaps' refusals TakeoverRefused spells out;
+// more are counted (a container of many processes would otherwise fill
+// its report with them).
+const maxRefusals = 3
+
+// refused adds pagemap name's reason to TakeoverRefused.
+func (res *Result) refused(name, why string) {
+	res.refusals++
+	switch {
+	case res.refusals <= maxRefusals:
+		if res.TakeoverRefused != "" {
+			res.TakeoverRefused += "; "
+		}
+		res.TakeoverRefused += name + ": " + why
+	case res.refusals == maxRefusals+1:
+		res.TakeoverRefused += "; and other pagemaps"
+	}
 }
 
 // writeNew writes a temporary file for final through write and registers

@@ -51,6 +51,16 @@ type Round struct {
 	// Flatten is what making this round stand alone cost, while the
 	// container ran. The policy does not read it.
 	Flatten time.Duration `json:"flatten_ns"`
+	// FlattenTakenOver and FlattenCopied are the pages of the previous
+	// image the round's flatten took over (its pages file became the
+	// round's, the round's own pages written into it) and copied;
+	// FlattenCopyReason is why it copied instead (imagechain's
+	// TakeoverRefused), one reason per pagemap. For a final dump: its
+	// flatten with the rounds' image (the report's FinalFlatten). The
+	// policy does not read them.
+	FlattenTakenOver  uint64 `json:"flatten_taken_over_pages,omitempty"`
+	FlattenCopied     uint64 `json:"flatten_copied_pages,omitempty"`
+	FlattenCopyReason string `json:"flatten_copy_reason,omitempty"`
 	// Dirtied is how many pages the load wrote from the round's start (its
 	// soft-dirty reset) until DirtiedAfter later, counted from the page
 	// tables right after the round. Zero DirtiedAfter: not counted.
