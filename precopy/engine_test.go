@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/precopy/precopy/precopy/imagechain"
 	"github.com/precopy/precopy/precopy/policy"
 )
 
@@ -177,4 +178,69 @@ func tcgConfig() policy.Config {
 	c := policy.DefaultConfig()
 	c.FinalDumpFixedCost, c.TargetFreeze, c.MinSize = 200*time.Millisecond, 400*time.Millisecond, 0
 	return c
+}
+
+// TestRoundsRecordWhatTheirFlattenDid: each round, and the final dump,
+// records the pages its flatten took over or copied and why it copied,
+// as the flattener said; the report's JSON carries them, and leaves them
+// out for a round that flattened nothing (the first).
+func TestRoundsRecordWhatTheirFlattenDid(t *testing.T) {
+	f := &fakeCRIU{rounds: synthetic(3), finals: synthetic(1)}
+	e := newFakeEngine(t, f, fixed(3))
+	const why = "pagemap-1.img: page layout differs from the parent's at flat offset 4096 (vaddr 0x1000, not in the parent's pagemap) of 40960 bytes: the tail to rewrite (36864 bytes) is longer than the prefix kept"
+	results := map[string]imagechain.Result{
+		"round-2": {PagesTakenOver: 250, PagesCopied: 2},
+		"round-3": {PagesCopied: 252, TakeoverRefused: why},
+		"image":   {PagesTakenOver: 251, PagesCopied: 1},
+	}
+	flatten := e.Flatten
+	e.Flatten = func(dir, within string) (imagechain.Result, error) {
+		if _, err := flatten(dir, within); err != nil {
+			return imagechain.Result{}, err
+		}
+		res, ok := results[filepath.Base(dir)]
+		if !ok {
+			t.Errorf("flatten of %s", dir)
+		}
+		res.Flattened = true
+		return res, nil
+	}
+	report, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil), f.checkpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type flattened struct {
+		takenOver, copied uint64
+		why               string
+	}
+	var got []flattened
+	for _, rd := range append(slices.Clone(report.Rounds), *report.Final) {
+		got = append(got, flattened{rd.FlattenTakenOver, rd.FlattenCopied, rd.FlattenCopyReason})
+	}
+	want := []flattened{{}, {250, 2, ""}, {0, 252, why}, {251, 1, ""}}
+	if !slices.Equal(got, want) {
+		t.Errorf("rounds and final recorded %+v, want %+v", got, want)
+	}
+	b, err := json.Marshal(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Rounds[2].FlattenCopyReason != why || back.Rounds[1].FlattenTakenOver != 250 || back.Final.FlattenTakenOver != 251 {
+		t.Errorf("the report's JSON lost them: %s", b)
+	}
+	var raw struct {
+		Rounds []map[string]any `json:"rounds"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"flatten_taken_over_pages", "flatten_copied_pages", "flatten_copy_reason"} {
+		if _, ok := raw.Rounds[0][k]; ok {
+			t.Errorf("round 1, which flattened nothing, has %s", k)
+		}
+	}
 }

@@ -237,7 +237,14 @@ func killAndRestore(ctx context.Context, env *harness.Env, id, ref string, r *pr
 func periodicDetails(r *precopy.Report) string {
 	s := fmt.Sprintf(" rounds=%d", len(r.Rounds))
 	for _, rd := range r.Rounds {
-		s += fmt.Sprintf(" round%d=[written=%d skipped_parent=%d wall=%.0f flatten=%.0f]", rd.Index, rd.PagesWritten, rd.PagesSkippedParent, ms(rd.Wall), ms(rd.Flatten))
+		s += fmt.Sprintf(" round%d=[written=%d skipped_parent=%d wall=%.0f flatten=%.0f", rd.Index, rd.PagesWritten, rd.PagesSkippedParent, ms(rd.Wall), ms(rd.Flatten))
+		if rd.FlattenTakenOver+rd.FlattenCopied > 0 {
+			s += fmt.Sprintf(" taken_over=%d copied=%d", rd.FlattenTakenOver, rd.FlattenCopied)
+		}
+		if rd.FlattenCopyReason != "" {
+			s += fmt.Sprintf(" copied_because=%q", rd.FlattenCopyReason)
+		}
+		s += "]"
 	}
 	if r.Stop != nil {
 		s += fmt.Sprintf(" stop=%s predicted_ms=%.0f", r.Stop.Reason, ms(r.Stop.PredictedFreeze))

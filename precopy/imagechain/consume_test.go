@@ -2,9 +2,11 @@ package imagechain
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -138,6 +140,60 @@ func TestFlattenConsumingLayoutDiffersEarly(t *testing.T) {
 	if res.PagesTakenOver != 0 || res.PagesCopied != 10 {
 		t.Errorf("result %+v, want a copy", res)
 	}
+	// 2 pages kept in place, then 9 to rewrite.
+	const why = "pagemap-1.img: page layout differs from the parent's at flat offset 8192 (vaddr 0x150000, not in the parent's pagemap) of 45056 bytes: the tail to rewrite (36864 bytes) is longer than the prefix kept"
+	if res.TakeoverRefused != why || res.TakeoverLinkFailed {
+		t.Errorf("refused for %q (link failed %v), want %q", res.TakeoverRefused, res.TakeoverLinkFailed, why)
+	}
+}
+
+func TestFlattenConsumingPagesRemovedEarly(t *testing.T) {
+	// The parent's first two pages are gone (unmapped, or zero): every
+	// later page sits two pages lower in the flat file than in the
+	// parent's, so nothing can be kept in place.
+	build := func(t *testing.T, root string) {
+		writeFakeDir(t, filepath.Join(root, "d1"), "d1", "",
+			fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x100, 2, pe}, {0x200, 8, pe}}})
+		writeFakeDir(t, filepath.Join(root, "d2"), "d2", "../d1",
+			fakePagemap{name: "pagemap-1.img", pagesID: 2, entries: []fakeEntry{{0x200, 1, pe}, {0x201, 7, par}}})
+	}
+	res := flattenBoth(t, build, "d2")
+	if res.PagesTakenOver != 0 || res.PagesCopied != 7 {
+		t.Errorf("result %+v, want a copy", res)
+	}
+	const why = "pagemap-1.img: page layout differs from the parent's at flat offset 0 (vaddr 0x200000, at 8192 in the parent's pages file: 2 pages fewer below it than in the parent, the first the parent's page at 0x100000) of 32768 bytes: the tail to rewrite (32768 bytes) is longer than the prefix kept"
+	if res.TakeoverRefused != why {
+		t.Errorf("refused for %q, want %q", res.TakeoverRefused, why)
+	}
+}
+
+func TestFlattenConsumingRefusalsOfManyPagemaps(t *testing.T) {
+	// Five processes, each with a page added below the parent's: each is
+	// copied; the first three say why, the others are counted.
+	build := func(t *testing.T, root string) {
+		var d1, d2 []fakePagemap
+		for i := uint32(1); i <= 5; i++ {
+			name := fmt.Sprintf("pagemap-%d.img", i)
+			d1 = append(d1, fakePagemap{name: name, pagesID: i, entries: []fakeEntry{{0x100, 4, pe}}})
+			d2 = append(d2, fakePagemap{name: name, pagesID: 10 + i, entries: []fakeEntry{{0xff, 1, pe}, {0x100, 4, par}}})
+		}
+		writeFakeDir(t, filepath.Join(root, "d1"), "d1", "", d1...)
+		writeFakeDir(t, filepath.Join(root, "d2"), "d2", "../d1", d2...)
+	}
+	res := flattenBoth(t, build, "d2")
+	if res.PagesTakenOver != 0 || res.PagesCopied != 20 {
+		t.Errorf("result %+v, want copies", res)
+	}
+	reasons := strings.Split(res.TakeoverRefused, "; ")
+	if len(reasons) != 4 || reasons[3] != "and other pagemaps" {
+		t.Fatalf("refused for %q, want three reasons and a count", res.TakeoverRefused)
+	}
+	for i, r := range reasons[:3] {
+		want := fmt.Sprintf("pagemap-%d.img: page layout differs from the parent's at flat offset 0 (vaddr 0xff000, not in the parent's pagemap) of 20480 bytes", i+1)
+		if !strings.HasPrefix(r, want) {
+			t.Errorf("reason %d %q, want it to start with %q", i, r, want)
+		}
+	}
 }
 
 func TestFlattenConsumingRemovedPages(t *testing.T) {
@@ -160,6 +216,9 @@ func TestFlattenConsumingParentNotFlat(t *testing.T) {
 	res := flattenBoth(t, writeFakeChain, "d3")
 	if res.PagesTakenOver != 0 || res.PagesCopied != 41 || res.Depth != 2 {
 		t.Errorf("result %+v, want a copy", res)
+	}
+	if !strings.Contains(res.TakeoverRefused, "which the parent holds in its own parent: not flat") {
+		t.Errorf("refused for %q, want the parent not flat", res.TakeoverRefused)
 	}
 }
 
@@ -291,8 +350,9 @@ func TestFlattenConsumingAcrossFilesystemsCopies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.PagesTakenOver != 0 || res.PagesCopied != 7 || res.TakeoverRefused == "" {
-		t.Errorf("result %+v, want a copy with the reason", res)
+	if res.PagesTakenOver != 0 || res.PagesCopied != 7 || !res.TakeoverLinkFailed ||
+		!strings.HasPrefix(res.TakeoverRefused, "pagemap-1.img: hard link ") || !strings.Contains(res.TakeoverRefused, "cross-device link") {
+		t.Errorf("result %+v, want a copy with the failed link as the reason", res)
 	}
 	t.Log(res.TakeoverRefused)
 	checkFlat(t, d2)

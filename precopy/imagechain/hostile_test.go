@@ -468,7 +468,7 @@ func TestFlattenConsumingSharedParentPages(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%+v", res)
-	if !strings.Contains(res.TakeoverRefused, "read by pagemaps") {
+	if !strings.Contains(res.TakeoverRefused, "read by pagemaps") || res.TakeoverLinkFailed {
 		t.Errorf("takeover refused for %q, want the shared pages file", res.TakeoverRefused)
 	}
 	checkFlat(t, h.d2)

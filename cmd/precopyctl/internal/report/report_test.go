@@ -19,6 +19,8 @@ import (
 	"github.com/precopy/precopy/precopy/policy"
 )
 
+const sampleCopyReason = "pagemap-1.img: page layout differs from the parent's at flat offset 8192 (vaddr 0x150000, not in the parent's pagemap) of 45056 bytes: the tail to rewrite (36864 bytes) is longer than the prefix kept"
+
 // sample is a report as a pre-copied, incremental checkpoint writes it.
 func sample() *precopy.Report {
 	start := time.Date(2026, 12, 7, 10, 15, 0, 0, time.UTC)
@@ -26,13 +28,17 @@ func sample() *precopy.Report {
 		Mode: "always", PreCopied: true, Trigger: precopy.TriggerPause,
 		CRIUOptions: []string{"network-lock nftables"},
 		Rounds: []policy.Round{
-			{Index: 1, PagesWritten: 25000, PagesSkippedParent: 237000, Frozen: 45 * time.Millisecond, Wall: 600 * time.Millisecond, ImageBytes: 100 << 20},
-			{Index: 2, PagesWritten: 2000, PagesSkippedParent: 260000, Frozen: 40 * time.Millisecond, Wall: 120 * time.Millisecond},
+			{Index: 1, PagesWritten: 25000, PagesSkippedParent: 237000, Frozen: 45 * time.Millisecond, Wall: 600 * time.Millisecond, ImageBytes: 100 << 20,
+				Flatten: 4200 * time.Millisecond, FlattenCopied: 237000, FlattenCopyReason: sampleCopyReason},
+			{Index: 2, PagesWritten: 2000, PagesSkippedParent: 260000, Frozen: 40 * time.Millisecond, Wall: 120 * time.Millisecond,
+				Flatten: 150 * time.Millisecond, FlattenTakenOver: 259990, FlattenCopied: 10},
 		},
 		Stop:    &policy.Decision{Reason: policy.ReasonTargetMet, PredictedFreeze: 210 * time.Millisecond},
 		PreCopy: 1230 * time.Millisecond,
-		Final:   &policy.Round{PagesWritten: 3000, PagesSkippedParent: 259000, Freezing: 2 * time.Millisecond, Frozen: 310 * time.Millisecond, Start: start, Wall: time.Second, ImageBytes: 1 << 30},
-		Thaw:    &precopy.Thaw{Early: false, Reason: "the client diffs the writable layer"},
+		Final: &policy.Round{PagesWritten: 3000, PagesSkippedParent: 259000, Freezing: 2 * time.Millisecond, Frozen: 310 * time.Millisecond, Start: start, Wall: time.Second, ImageBytes: 1 << 30,
+			FlattenTakenOver: 259000},
+		FinalFlatten: 120 * time.Millisecond,
+		Thaw:         &precopy.Thaw{Early: false, Reason: "the client diffs the writable layer"},
 		Incremental: &precopy.Incremental{
 			Number: 4, Parent: &precopy.Parent{Number: 3, DumpedAt: start.Add(-20 * time.Second), Bytes: 1 << 30},
 			PagesFromParent: 237000, BytesSaved: 237000 * 4096, Kept: true, KeptBytes: 1 << 30, Keep: time.Millisecond,
@@ -162,6 +168,10 @@ func TestWrite(t *testing.T) {
 		"checkpoint 4 of the task; parent: checkpoint 3, dumped 2026-12-07T10:14:40Z (1GiB kept); 237000 pages (925.8MiB) unchanged since, taken from it",
 		"2 in 1.23s, stopped: target-met (predicted final freeze 210ms)",
 		"freeze 312ms (predicted 210ms); 3000 pages written, 259000 taken from the rounds",
+		"4.2s     0/237000",
+		"150ms    259990/10",
+		"round 1's flatten copied: " + sampleCopyReason,
+		"120ms (the final dump with the rounds' image); 259000 pages taken over, 0 copied",
 		"at the client's resume: the client diffs the writable layer",
 		"network-lock nftables",
 	} {

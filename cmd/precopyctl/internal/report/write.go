@@ -58,7 +58,14 @@ func Write(w io.Writer, src Source, r *precopy.Report) error {
 		p.line("final dump", "%s", s)
 	}
 	if r.FinalFlatten > 0 {
-		p.line("flatten", "%s (the final dump with the rounds' image)", dur(r.FinalFlatten))
+		s := fmt.Sprintf("%s (the final dump with the rounds' image)", dur(r.FinalFlatten))
+		if f := r.Final; f != nil && f.FlattenTakenOver+f.FlattenCopied > 0 {
+			s += fmt.Sprintf("; %d pages taken over, %d copied", f.FlattenTakenOver, f.FlattenCopied)
+			if f.FlattenCopyReason != "" {
+				s += ": " + f.FlattenCopyReason
+			}
+		}
+		p.line("flatten", "%s", s)
 	}
 	if r.FellBack != "" {
 		p.line("fell back", "redone one-shot: %s", r.FellBack)
@@ -118,11 +125,25 @@ func (p *printer) rounds(r *precopy.Report) {
 	if len(r.Rounds) == 0 {
 		return
 	}
-	p.line("", "round\twritten\tfrom parent\tfreeze\twall\tflatten\tdirtied\timage")
+	p.line("", "round\twritten\tfrom parent\tfreeze\twall\tflatten\ttaken over/copied\tdirtied\timage")
 	for _, rd := range r.Rounds {
-		p.line("", "%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s", rd.Index, rd.PagesWritten, rd.PagesSkippedParent,
-			dur(rd.Freeze()), dur(rd.Wall), dur(rd.Flatten), dirtied(rd), size(rd.ImageBytes))
+		p.line("", "%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s", rd.Index, rd.PagesWritten, rd.PagesSkippedParent,
+			dur(rd.Freeze()), dur(rd.Wall), dur(rd.Flatten), flattened(rd), dirtied(rd), size(rd.ImageBytes))
 	}
+	for _, rd := range r.Rounds {
+		if rd.FlattenCopyReason != "" {
+			p.line("", "round %d's flatten copied: %s", rd.Index, rd.FlattenCopyReason)
+		}
+	}
+}
+
+// flattened is how many pages of the previous image the round's flatten
+// took over and copied, if it flattened any.
+func flattened(r policy.Round) string {
+	if r.FlattenTakenOver+r.FlattenCopied == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d/%d", r.FlattenTakenOver, r.FlattenCopied)
 }
 
 // dirtied is how many pages the load wrote during the round, if counted.
