@@ -361,3 +361,28 @@ func TestFlattenConsumingAcrossFilesystemsCopies(t *testing.T) {
 	}
 	sameMemory(t, memoryOfDir(t, d2), want)
 }
+
+// TestPlanTakeoverWithoutParentPagemap: a pagemap the parent does not
+// have is not taken over, and the plan says why. FlattenConsuming never
+// gets there (a pagemap with PE_PARENT entries and no parent pagemap
+// fails to resolve first), so planTakeover is asked directly.
+func TestPlanTakeoverWithoutParentPagemap(t *testing.T) {
+	root := t.TempDir()
+	writeFakeDir(t, filepath.Join(root, "d1"), "d1", "",
+		fakePagemap{name: "pagemap-1.img", pagesID: 1, entries: []fakeEntry{{0x100, 4, pe}}})
+	d1, err := openImageDir(filepath.Join(root, "d1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newChain([]*imageDir{d1}, pageSize)
+	defer c.close()
+	img := &pagemapImage{pagesID: 2, entries: []entry{{0x100 * pageSize, 4, par}}}
+	tk, why, err := planTakeover("pagemap-2.img", img, nil, c, &copyPlan{})
+	if tk != nil || err != nil || why != "the parent has no pagemap-2.img (a process it did not dump)" {
+		t.Errorf("planTakeover: %v, %q, %v; want no takeover, the reason", tk, why, err)
+	}
+	tk, why, err = planTakeover("pagemap-1.img", img, nil, newChain(nil, pageSize), &copyPlan{})
+	if tk != nil || err != nil || why != "no parent image" {
+		t.Errorf("planTakeover without a chain: %v, %q, %v; want no takeover, the reason", tk, why, err)
+	}
+}
