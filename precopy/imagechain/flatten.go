@@ -366,8 +366,8 @@ func writePagemapJob(j *pagemapJob, newID uint32, r *replacement, pageSize uint6
 }
 
 // maxRefusals is how many pagemaps' refusals TakeoverRefused spells out;
-// more are counted (a container of many processes would otherwise fill
-// its report with them).
+// past them it only says there are others (a container of many processes
+// would otherwise fill its report with them).
 const maxRefusals = 3
 
 // refused adds pagemap name's reason to TakeoverRefused.
