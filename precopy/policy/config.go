@@ -38,8 +38,10 @@ type Config struct {
 	MemoryBudget uint64
 	// MinSize is the smallest container memory worth pre-copying.
 	MinSize uint64
-	// MinShrink is the least fraction by which a round must write fewer
-	// pages than the round before for the next round to be worth it.
+	// MinShrink is the least fraction by which a round must shrink what
+	// the final dump would do for it to be worth running: write fewer
+	// pages than the round before, and cut the predicted final freeze
+	// (Decide's little-gain).
 	MinShrink float64
 	// FinalDumpFixedCost is the part of the final dump's freeze that does
 	// not depend on dirty memory: freezing, the parasite, files, sockets,

@@ -29,6 +29,11 @@ const (
 	// still dominates the final freeze: the load re-dirties its working set
 	// about as fast as a round copies it.
 	ReasonNotShrinking Reason = "not-shrinking"
+	// ReasonLittleGain: the rounds still shrink, but another one would cut
+	// the predicted final freeze by less than MinShrink of it: what is
+	// left is mostly the final dump's fixed cost, or the load re-dirties
+	// during a round about what the round would take off.
+	ReasonLittleGain Reason = "little-gain"
 	// ReasonCannotConverge: the load dirties pages at least as fast as CRIU
 	// copies them, or rewrote nearly all its memory between two rounds;
 	// further rounds only repeat the first.
