@@ -249,6 +249,12 @@ func periodicDetails(r *precopy.Report) string {
 	if r.Stop != nil {
 		s += fmt.Sprintf(" stop=%s predicted_ms=%.0f", r.Stop.Reason, ms(r.Stop.PredictedFreeze))
 	}
+	// The final freeze's parts: what the pages cost (memdump) against the
+	// rest (freezing, the parasite, files, tmpfs), to tell a larger
+	// delta from a dearer dump.
+	if f := r.Final; f != nil {
+		s += fmt.Sprintf(" final=[written=%d freezing=%.0f frozen=%.0f memdump=%.0f wall=%.0f]", f.PagesWritten, ms(f.Freezing), ms(f.Frozen), ms(f.MemDump), ms(f.Wall))
+	}
 	if r.Skipped != "" {
 		s += fmt.Sprintf(" skipped=%q", r.Skipped)
 	}
