@@ -186,6 +186,9 @@ func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 	}
 	f.report.FinalFlatten = f.e.Now().Sub(start)
 	final.FlattenTakenOver, final.FlattenCopied, final.FlattenCopyReason = res.PagesTakenOver, res.PagesCopied, res.TakeoverRefused
+	if res.TakeoverRefused != "" && !res.TakeoverLinkFailed {
+		f.e.Log.Infof("precopy: the final flatten copied %d pages of the last round (took over %d): %s", res.PagesCopied, res.PagesTakenOver, res.TakeoverRefused)
+	}
 	final.ImageBytes = dirBytes(f.cp.ImageDir)
 	f.e.Log.Infof("precopy: checkpoint done: %d rounds, final freeze %s (predicted %s), %d pages, flatten %s",
 		len(f.report.Rounds), final.Freeze(), f.report.Stop.PredictedFreeze, final.PagesWritten, f.report.FinalFlatten)
