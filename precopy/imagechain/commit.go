@@ -27,8 +27,9 @@ type replacement struct {
 	pagemaps []pendingFile // new pagemaps, replacing existing ones
 	obsolete []string      // old pages files, removed after commit
 	done     bool
-	// parentCut is set once a takeover rewrote parent pages that dir
-	// still reads through its parent link (FlattenConsuming's tails).
+	// parentCut is set once a takeover rewrote or moved parent pages
+	// that dir still reads through its parent link (FlattenConsuming's
+	// tails and range shifts).
 	parentCut bool
 }
 
@@ -54,6 +55,13 @@ func (r *replacement) create(final string, like os.FileMode) (*os.File, error) {
 // addPages and addPagemap register a written temporary file.
 func (r *replacement) addPages(tmp, final string) {
 	r.pages = append(r.pages, pendingFile{tmp, final})
+}
+
+// forgetPages unregisters a pages file added last, removed by its writer.
+func (r *replacement) forgetPages(tmp string) {
+	if k := len(r.pages); k > 0 && r.pages[k-1].tmp == tmp {
+		r.pages = r.pages[:k-1]
+	}
 }
 
 func (r *replacement) addPagemap(tmp, final string) {

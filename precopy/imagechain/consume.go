@@ -19,36 +19,56 @@ import (
 // over and writes dir's own pages into it, so its cost follows the pages
 // dir holds rather than the whole memory.
 //
-// A pages file has no index: pages follow each other in pagemap order. So
-// the parent's pages file can be taken over for the part of the flat file
-// that lists the same pages as the parent, at the same offsets: the
-// prefix up to the first page added or removed since the parent. Then the
-// parent's pages file is hard linked into dir under a new pages_id, dir's
-// own (PE_PRESENT) pages in that prefix are written over it at their
-// offsets, and the rest of the flat file, the tail, is assembled in a
-// temporary file first (it reads parent pages the tail overwrites) and
-// written after the prefix. The tail is typically a few pages: a stack
-// that grew, a mapping created at the top. A pagemap whose tail would be
-// larger than its prefix, a parent that is not flat there, a parent on
-// another filesystem or a failing link is flattened by copying, exactly as
-// Flatten does.
+// A pages file has no index: pages follow each other in pagemap (address)
+// order. So the parent's pages are where the flat file wants them only up
+// to the first page added or removed since the parent; past it, every page
+// sits at another offset. FlattenConsuming hard links the parent's pages
+// file into dir under a new pages_id and makes it the flat file in one of
+// two ways:
+//
+//   - Exact prefix: the flat file lists the parent's pages at the parent's
+//     offsets up to a cut. dir's own (PE_PRESENT) pages in that prefix are
+//     written over it at their offsets, and the rest, the tail, is
+//     assembled in a temporary file first (it reads parent pages the tail
+//     overwrites) and written after the prefix. Taken when the tail is no
+//     longer than the prefix: typically a few pages, a stack that grew, a
+//     mapping created at the top.
+//   - Range shift, on filesystems that move a file's blocks without
+//     copying them (ext4, XFS: fallocate FALLOC_FL_COLLAPSE_RANGE and
+//     FALLOC_FL_INSERT_RANGE; not tmpfs, where pages only move by copying):
+//     the flat file is cut into runs of the parent's pages (kept, patched
+//     with dir's own pages as above) and runs from elsewhere (dir's own new
+//     pages, pages of deeper ancestors). The parent's pages between two
+//     kept runs are collapsed out, room for the others is inserted, then
+//     they are written. One page added or removed low in the address space
+//     costs one insert or collapse instead of rewriting everything after
+//     it. Taken when the exact prefix is not, or would rewrite more than
+//     the shift writes. If the filesystem refuses the first insert or
+//     collapse, nothing was changed and the exact prefix, or a copy, is
+//     done instead.
+//
+// A pagemap whose layout allows neither, a parent that is not flat there,
+// a parent on another filesystem or a failing link is flattened by
+// copying, exactly as Flatten does; Result.TakeoverRefused says why.
 //
 // Contract, beyond Flatten's:
 //
 //   - The parent is consumed: from the call on, the parent's pages files
-//     may hold dir's pages in place of its own, and with success they are
-//     shared (same inode) with dir's new ones. The parent must not be
-//     restored, dumped against (--prev-images-dir) or otherwise read as an
-//     image of its own round after the call, whatever the outcome; and it
-//     must not be written to after success. Removing it (unlinking its
-//     files) is what the caller is expected to do, and is safe for dir.
+//     may hold dir's pages in place of its own, or be shifted, and with
+//     success they are shared (same inode) with dir's new ones. The parent
+//     must not be restored, dumped against (--prev-images-dir) or otherwise
+//     read as an image of its own round after the call, whatever the
+//     outcome; and it must not be written to after success. Removing it
+//     (unlinking its files) is what the caller is expected to do, and is
+//     safe for dir.
 //   - On error before the commit point (Result.Flattened false), dir is
 //     unchanged. Unless the error is ErrParentConsumed it is still
 //     restorable WITH its parent, as with Flatten: the only bytes of the
 //     parent that changed are the pages dir holds itself (PE_PRESENT),
 //     which a restore of dir never reads from the parent, so the caller may
-//     retry with Flatten. With ErrParentConsumed (a tail was written), the
-//     parent lost pages dir needs: dir must be dumped again.
+//     retry with Flatten. With ErrParentConsumed (a tail was written, or a
+//     range of the parent's pages file was shifted), the parent lost pages
+//     dir needs: dir must be dumped again.
 //   - Errors from the commit point on are as Flatten's.
 //
 // Its checks are Flatten's, and the parent's pages file it takes over must
@@ -71,22 +91,34 @@ func FlattenConsuming(dir string, opts ...Option) (Result, error) {
 	return res, nil
 }
 
-// takeover is a flat pages file made from the parent's one (base) by
-// writing patches over its first cut bytes and the tail after them.
+// takeover is a flat pages file made from the parent's one (base), by an
+// exact prefix or a range shift (see FlattenConsuming); at least one of
+// them is planned.
 type takeover struct {
-	base    *os.File
-	patches []patchOp
-	cut     int64
-	// tail is the flat file from offset cut on; tailCopied is how many of
-	// its bytes come from ancestors (the rest are dir's own).
-	tail       copyPlan
-	tailCopied int64
+	base   *os.File
+	prefix *prefixPlan // nil: the layout differs too early
+	shift  *shiftPlan  // nil: not planned, or the prefix is cheaper
+	// prefixWhy is why there is no prefix plan, for a refusal's reason.
+	prefixWhy string
 	// refused is why write could not take the parent's file over;
 	// linkFailed: because the link could not be made or opened.
 	refused    error
 	linkFailed bool
 	// baseID is base's inode, checked again once linked.
 	baseID fileID
+	// shifted: write took the shift plan (else the prefix one).
+	shifted bool
+}
+
+// prefixPlan writes patches over the first cut bytes of base and the tail
+// after them.
+type prefixPlan struct {
+	patches []patchOp
+	cut     int64
+	// tail is the flat file from offset cut on; tailCopied is how many of
+	// its bytes come from ancestors (the rest are dir's own).
+	tail       copyPlan
+	tailCopied int64
 }
 
 // patchOp copies n bytes at off of src to dstOff of the new pages file.
@@ -96,31 +128,52 @@ type patchOp struct {
 	n           int64
 }
 
-func (t *takeover) add(src *os.File, off, dstOff, n int64) {
-	if k := len(t.patches); k > 0 {
-		last := &t.patches[k-1]
+// addPatch appends a patch to ps, merging it with the last when they
+// continue each other.
+func addPatch(ps []patchOp, src *os.File, off, dstOff, n int64) []patchOp {
+	if k := len(ps); k > 0 {
+		last := &ps[k-1]
 		if last.src == src && last.off+last.n == off && last.dstOff+last.n == dstOff {
 			last.n += n
-			return
+			return ps
 		}
 	}
-	t.patches = append(t.patches, patchOp{src, off, dstOff, n})
+	return append(ps, patchOp{src, off, dstOff, n})
 }
 
-// size is the number of bytes the takeover writes.
-func (t *takeover) size() int64 {
-	n := t.tail.size()
-	for _, p := range t.patches {
+func patchBytes(ps []patchOp) int64 {
+	var n int64
+	for _, p := range ps {
 		n += p.n
 	}
 	return n
 }
 
+// size is the number of bytes the prefix plan writes.
+func (p *prefixPlan) size() int64 { return p.tail.size() + patchBytes(p.patches) }
+
+// written is the number of bytes the takeover wrote; copied, how many of
+// them came from ancestors.
+func (t *takeover) written() int64 {
+	if t.shifted {
+		return t.shift.size()
+	}
+	return t.prefix.size()
+}
+
+func (t *takeover) copied() int64 {
+	if t.shifted {
+		return t.shift.copied
+	}
+	return t.prefix.tailCopied
+}
+
 // planTakeovers plans, for each job, whether the parent's pages file is
 // taken over (see FlattenConsuming). A base file read by another job (two
 // pagemaps sharing a pages file, which CRIU never writes) would be read
-// after it was patched: that job copies instead.
-func planTakeovers(jobs []*pagemapJob, c *chain) error {
+// after it was patched: that job copies instead. anyFS tries range shifts
+// on filesystems known not to have them (tests).
+func planTakeovers(jobs []*pagemapJob, c *chain, anyFS bool) error {
 	ids := make(map[*os.File]fileID)
 	idOfCached := func(f *os.File) (fileID, error) {
 		if id, ok := ids[f]; ok {
@@ -143,7 +196,7 @@ func planTakeovers(jobs []*pagemapJob, c *chain) error {
 		}
 	}
 	for _, j := range jobs {
-		t, why, err := planTakeover(j.name, j.img, j.own, c, &j.plan)
+		t, why, err := planTakeover(j.name, j.img, j.own, c, &j.plan, anyFS)
 		if err != nil {
 			return fmt.Errorf("pagemap %s: %w", j.name, err)
 		}
@@ -170,10 +223,12 @@ func planTakeovers(jobs []*pagemapJob, c *chain) error {
 // planTakeover returns the takeover making pagemap name (decoded as img,
 // whose PE_PRESENT pages are in own; plan is its flat pages file as a
 // copy) flat, or nil and why if taking the parent's pages file over would
-// not beat copying: the flat file must list the parent's pages, each at
-// the offset it has in the parent's pages file, up to a cut that leaves a
-// tail no longer than the prefix.
-func planTakeover(name string, img *pagemapImage, own *os.File, c *chain, plan *copyPlan) (*takeover, string, error) {
+// not beat copying. The exact prefix needs the flat file to list the
+// parent's pages, each at the offset it has in the parent's pages file, up
+// to a cut that leaves a tail no longer than the prefix; the range shift
+// (planShift) is planned where the prefix is not enough and the parent's
+// filesystem may have it (anyFS: whatever it is).
+func planTakeover(name string, img *pagemapImage, own *os.File, c *chain, plan *copyPlan, anyFS bool) (*takeover, string, error) {
 	if len(c.dirs) == 0 {
 		return nil, "no parent image", nil
 	}
@@ -185,7 +240,7 @@ func planTakeover(name string, img *pagemapImage, own *os.File, c *chain, plan *
 		return nil, fmt.Sprintf("the parent has no %s (a process it did not dump)", name), nil
 	}
 	ps := c.pageSize
-	t := &takeover{}
+	p := &prefixPlan{}
 	var out, ownOff int64 // offsets in the flat file and in own
 	var differs string    // how the layout first differs from the parent's
 walk:
@@ -200,7 +255,7 @@ walk:
 			n := min(left, (s.end(ps)-vaddr)/ps)
 			bytes := int64(n * ps)
 			if e.present() {
-				t.add(own, ownOff, out, bytes)
+				p.patches = addPatch(p.patches, own, ownOff, out, bytes)
 				ownOff += bytes
 			}
 			out += bytes
@@ -208,25 +263,59 @@ walk:
 			left -= n
 		}
 	}
-	t.cut = min(out, a.index.presentBytes)
+	p.cut = min(out, a.index.presentBytes)
 	total := plan.size()
 	if total == 0 {
 		return nil, "no pages to write", nil
 	}
-	if t.cut == 0 || total-t.cut > t.cut {
-		return nil, fmt.Sprintf("page layout differs from the parent's at flat offset %d %s of %d bytes: the tail to rewrite (%d bytes) is longer than the prefix kept",
-			t.cut, differs, total, total-t.cut), nil
-	}
-	t.tail = plan.from(t.cut)
-	for _, op := range t.tail.ops {
-		if op.src != own {
-			t.tailCopied += op.n
+	t := &takeover{prefix: p}
+	if p.cut == 0 || total-p.cut > p.cut {
+		t.prefix = nil
+		t.prefixWhy = fmt.Sprintf("page layout differs from the parent's at flat offset %d %s of %d bytes: the tail to rewrite (%d bytes) is longer than the prefix kept",
+			p.cut, differs, total, total-p.cut)
+	} else {
+		p.tail = plan.from(p.cut)
+		for _, op := range p.tail.ops {
+			if op.src != own {
+				p.tailCopied += op.n
+			}
 		}
 	}
+	var shiftWhy string
+	if t.prefix == nil || p.tail.size() > 0 {
+		// The parent's dir is on the filesystem of its pages file; the
+		// file's own answer is the first insert or collapse.
+		ok, why, err := rangeShiftable(a.dir.fd(), a.dir.path, ps, anyFS)
+		switch {
+		case err != nil:
+			return nil, "", err
+		case ok:
+			t.shift, shiftWhy = planShift(img, own, a, plan, ps)
+		default:
+			shiftWhy = why
+		}
+		if t.shift != nil && t.prefix != nil && p.tail.size() <= t.shift.size() {
+			t.shift = nil // the prefix writes no more
+		}
+	}
+	if t.prefix == nil && t.shift == nil {
+		return nil, t.why(shiftWhy), nil
+	}
+	// Already open when a shift is planned: the pages it keeps unpatched
+	// were resolved from it.
 	if t.base, err = a.pagesFile(); err != nil {
 		return nil, "", err
 	}
 	return t, "", nil
+}
+
+// why is the reason for a copy: the prefix's, and the shift's if it was
+// considered (shiftWhy not "").
+func (t *takeover) why(shiftWhy string) string {
+	if shiftWhy == "" {
+		return t.prefixWhy
+	}
+	return t.prefixWhy + "; shifting ranges instead: " + shiftWhy
 }
 
 // layoutDiffers says how the page at vaddr, at offset out of the flat
@@ -256,13 +345,14 @@ func layoutDiffers(vaddr uint64, out int64, s span, found bool, x *pageIndex, ps
 }
 
 // write makes the new pages file final (a name in r.dir) from t: a hard
-// link to the parent's pages file, patched in place, its tail replaced,
-// committed by r. It returns false, having changed nothing, when the link
-// cannot be made or opened for writing (another filesystem, permissions):
-// the caller copies instead.
-func (t *takeover) write(r *replacement, final string) (bool, error) {
+// link to the parent's pages file, shifted or patched in place, committed
+// by r. It returns false, having changed nothing, when the link cannot be
+// made or opened for writing (another filesystem, permissions) or, without
+// a prefix plan to fall back on, the filesystem refuses to shift ranges:
+// the caller copies instead. ops is the number of inserts and collapses.
+func (t *takeover) write(r *replacement, final string) (done bool, ops int, err error) {
 	if t.refused != nil {
-		return false, nil
+		return false, 0, nil
 	}
 	name := tempPrefix + final + ".takeover"
 	tmp := filepath.Join(r.dir, name)
@@ -271,26 +361,44 @@ func (t *takeover) write(r *replacement, final string) (bool, error) {
 	if err := linkFile(t.base, r.dirFd, name); err != nil {
 		t.linkFailed = true
 		t.refused = fmt.Errorf("hard link %s as %s: %w", t.base.Name(), tmp, err)
-		return false, nil
+		return false, 0, nil
 	}
 	fd, err := unix.Openat(r.dirFd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.linkFailed = true
 		t.refused = &fs.PathError{Op: "open", Path: tmp, Err: err}
 		unix.Unlinkat(r.dirFd, name, 0)
-		return false, nil
+		return false, 0, nil
 	}
 	f := os.NewFile(uintptr(fd), tmp)
 	// Registered before writing, so that discard unlinks it on error.
 	r.addPages(tmp, final)
 	err = checkTakenOver(f, t.baseID)
-	if err == nil {
-		err = t.patch(r, f, tmp)
+	if err == nil && t.shift != nil {
+		ops, err = t.shift.run(r, f, tmp)
+		t.shifted = err == nil
+		if errors.Is(err, errShiftRefused) {
+			// Nothing changed: the prefix plan, or a copy.
+			t.shift = nil
+			if t.prefix == nil {
+				t.refused = errors.New(t.why(err.Error()))
+				f.Close()
+				r.forgetPages(tmp)
+				if uerr := unix.Unlinkat(r.dirFd, name, 0); uerr != nil {
+					return false, 0, fmt.Errorf("undo the link %s: %w", tmp, uerr)
+				}
+				return false, 0, nil
+			}
+			err = nil
+		}
+	}
+	if err == nil && !t.shifted {
+		err = t.prefix.write(r, f, tmp)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	return err == nil, err
+	return err == nil, ops, err
 }
 
 // checkTakenOver checks that f, opened by the name just linked, is the
@@ -317,11 +425,13 @@ func linkFile(f *os.File, dirfd int, name string) error {
 	return unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), dirfd, name, unix.AT_SYMLINK_FOLLOW)
 }
 
-func (t *takeover) patch(r *replacement, f *os.File, name string) error {
+// write makes f, the parent's pages file linked into dir as name, the
+// flat file: patches in place, the tail after the cut.
+func (p *prefixPlan) write(r *replacement, f *os.File, name string) error {
 	// The tail reads parent pages it is about to overwrite: assemble it
 	// aside before touching the file.
 	var tail *os.File
-	if t.tail.size() > 0 {
+	if p.tail.size() > 0 {
 		var err error
 		if tail, err = os.CreateTemp(r.dir, tempPrefix+"tail-"); err != nil {
 			return err
@@ -330,30 +440,30 @@ func (t *takeover) patch(r *replacement, f *os.File, name string) error {
 			tail.Close()
 			os.Remove(tail.Name())
 		}()
-		if err := (&pagesWriter{dst: tail}).run(&t.tail); err != nil {
+		if err := (&pagesWriter{dst: tail}).run(&p.tail); err != nil {
 			return fmt.Errorf("assemble tail of %s: %w", name, err)
 		}
 	}
 	w := &pagesWriter{dst: f}
-	for _, p := range t.patches {
-		if _, err := f.Seek(p.dstOff, io.SeekStart); err != nil {
+	for _, op := range p.patches {
+		if _, err := f.Seek(op.dstOff, io.SeekStart); err != nil {
 			return err
 		}
-		if err := w.copy(copyOp{p.src, p.off, p.n}); err != nil {
-			return fmt.Errorf("patch %d bytes at %d of %s from %d of %s: %w", p.n, p.dstOff, name, p.off, p.src.Name(), err)
+		if err := w.copy(copyOp{op.src, op.off, op.n}); err != nil {
+			return fmt.Errorf("patch %d bytes at %d of %s from %d of %s: %w", op.n, op.dstOff, name, op.off, op.src.Name(), err)
 		}
 	}
-	if _, err := f.Seek(t.cut, io.SeekStart); err != nil {
+	if _, err := f.Seek(p.cut, io.SeekStart); err != nil {
 		return err
 	}
 	if tail != nil {
 		// From here the parent's pages past the cut are gone.
 		r.parentCut = true
-		if err := w.copy(copyOp{tail, 0, t.tail.size()}); err != nil {
-			return fmt.Errorf("write tail of %s at %d: %w", name, t.cut, err)
+		if err := w.copy(copyOp{tail, 0, p.tail.size()}); err != nil {
+			return fmt.Errorf("write tail of %s at %d: %w", name, p.cut, err)
 		}
 	}
-	if err := f.Truncate(t.cut + t.tail.size()); err != nil {
+	if err := f.Truncate(p.cut + p.tail.size()); err != nil {
 		return fmt.Errorf("truncate %s: %w", name, err)
 	}
 	return nil

@@ -377,11 +377,11 @@ func TestPlanTakeoverWithoutParentPagemap(t *testing.T) {
 	c := newChain([]*imageDir{d1}, pageSize)
 	defer c.close()
 	img := &pagemapImage{pagesID: 2, entries: []entry{{0x100 * pageSize, 4, par}}}
-	tk, why, err := planTakeover("pagemap-2.img", img, nil, c, &copyPlan{})
+	tk, why, err := planTakeover("pagemap-2.img", img, nil, c, &copyPlan{}, false)
 	if tk != nil || err != nil || why != "the parent has no pagemap-2.img (a process it did not dump)" {
 		t.Errorf("planTakeover: %v, %q, %v; want no takeover, the reason", tk, why, err)
 	}
-	tk, why, err = planTakeover("pagemap-1.img", img, nil, newChain(nil, pageSize), &copyPlan{})
+	tk, why, err = planTakeover("pagemap-1.img", img, nil, newChain(nil, pageSize), &copyPlan{}, false)
 	if tk != nil || err != nil || why != "no parent image" {
 		t.Errorf("planTakeover without a chain: %v, %q, %v; want no takeover, the reason", tk, why, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -37,17 +38,20 @@ func (p *copyPlan) add(src *os.File, off, n int64) {
 }
 
 // from returns the part of the plan that writes from byte off on.
-func (p *copyPlan) from(off int64) copyPlan {
-	var tail copyPlan
+func (p *copyPlan) from(off int64) copyPlan { return p.slice(off, math.MaxInt64) }
+
+// slice returns the part of the plan that writes bytes [from, to).
+func (p *copyPlan) slice(from, to int64) copyPlan {
+	var part copyPlan
 	var at int64
 	for _, op := range p.ops {
-		if end := at + op.n; end > off {
-			skip := max(off-at, 0)
-			tail.ops = append(tail.ops, copyOp{op.src, op.off + skip, op.n - skip})
+		start, end := max(from, at), min(to, at+op.n)
+		if start < end {
+			part.ops = append(part.ops, copyOp{op.src, op.off + start - at, end - start})
 		}
 		at += op.n
 	}
-	return tail
+	return part
 }
 
 // size is the number of bytes the plan writes.

@@ -32,6 +32,11 @@ type Result struct {
 	// from the parent that were not copied: the parent's pages file became
 	// the new one, with dir's own pages written over it in place.
 	PagesTakenOver uint64
+	// RangeShifts (FlattenConsuming only) counts the ranges inserted into
+	// or collapsed out of parents' pages files taken over, to move their
+	// pages to where the flat files have them (see FlattenConsuming). Zero
+	// when every takeover kept the parent's layout (an exact prefix).
+	RangeShifts int
 	// TakeoverRefused (FlattenConsuming only) says, for each pagemap whose
 	// pages were copied from the parent instead of taken over, why: its
 	// page layout differs from the parent's too early, the parent has no
@@ -54,6 +59,9 @@ type Option func(*options)
 
 type options struct {
 	within string // "": the default bound
+	// shiftAnyFS tries range shifts on filesystems known not to have
+	// them (tmpfs), so that tests see the kernel refuse them.
+	shiftAnyFS bool
 }
 
 // Within bounds the chain: every ancestor of dir (the dir its parent link
@@ -129,7 +137,7 @@ func flattenWith(dir string, consume bool, opts []Option, dflt func(string) stri
 	if err != nil {
 		return Result{}, err
 	}
-	return flatten(top, bound, uint64(os.Getpagesize()), consume)
+	return flatten(top, bound, uint64(os.Getpagesize()), consume, o)
 }
 
 // pagemapJob is one pagemap of dir to rewrite, planned and checked before
@@ -153,7 +161,7 @@ type pagemapJob struct {
 // flatten is Flatten, and FlattenConsuming with consume, of the open dir
 // top, whose chain must stay inside bound. It reads and checks every
 // image it will use and plans every new file first, then writes.
-func flatten(top *imageDir, bound string, pageSize uint64, consume bool) (res Result, retErr error) {
+func flatten(top *imageDir, bound string, pageSize uint64, consume bool, o options) (res Result, retErr error) {
 	dir := top.path
 	names, err := top.names()
 	if err != nil {
@@ -222,7 +230,7 @@ func flatten(top *imageDir, bound string, pageSize uint64, consume bool) (res Re
 		return res, nil
 	}
 	if consume {
-		if err := planTakeovers(jobs, c); err != nil {
+		if err := planTakeovers(jobs, c, o.shiftAnyFS); err != nil {
 			return res, err
 		}
 	}
@@ -325,7 +333,10 @@ func writePagemapJob(j *pagemapJob, newID uint32, r *replacement, pageSize uint6
 	why := j.copyReason
 	if t := j.takeover; t != nil {
 		var err error
-		if done, err = t.write(r, pagesName(newID)); err != nil {
+		var ops int
+		done, ops, err = t.write(r, pagesName(newID))
+		res.RangeShifts += ops
+		if err != nil {
 			return err
 		}
 		if !done {
@@ -333,11 +344,13 @@ func writePagemapJob(j *pagemapJob, newID uint32, r *replacement, pageSize uint6
 			res.TakeoverLinkFailed = res.TakeoverLinkFailed || t.linkFailed
 		}
 		if done {
-			tailCopied := uint64(t.tailCopied) / pageSize
-			res.PagesTakenOver += j.copied - tailCopied
-			res.PagesCopied += tailCopied
-			res.BytesCopied += t.tailCopied
-			res.BytesWritten += t.size()
+			// Pages from ancestors the takeover wrote (tail or fills)
+			// are copied; the parent's it kept are taken over.
+			copied := uint64(t.copied()) / pageSize
+			res.PagesTakenOver += j.copied - copied
+			res.PagesCopied += copied
+			res.BytesCopied += t.copied()
+			res.BytesWritten += t.written()
 		}
 	}
 	if !done && why != "" {

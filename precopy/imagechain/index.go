@@ -87,3 +87,18 @@ func (x *pageIndex) lookup(vaddr, pageSize uint64) (span, bool) {
 	}
 	return s, true
 }
+
+// next returns the address of the first span starting after vaddr, or the
+// top of the address space if there is none.
+func (x *pageIndex) next(vaddr uint64) uint64 {
+	i, _ := slices.BinarySearchFunc(x.spans, vaddr, func(s span, v uint64) int {
+		if s.vaddr <= v {
+			return -1
+		}
+		return 1
+	})
+	if i == len(x.spans) {
+		return math.MaxUint64
+	}
+	return x.spans[i].vaddr
+}
