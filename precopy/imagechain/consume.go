@@ -464,7 +464,7 @@ func (p *prefixPlan) write(r *replacement, f *os.File, name string) error {
 		}
 	}
 	if err := f.Truncate(p.cut + p.tail.size()); err != nil {
-		return fmt.Errorf("truncate %s: %w", name, err)
+		return err
 	}
 	return nil
 }

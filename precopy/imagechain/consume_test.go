@@ -41,23 +41,47 @@ func writeSameLayoutChain(t *testing.T, root string, grow bool) {
 	)
 }
 
-// flattenBoth flattens dir (under two copies of a chain made by build) with
-// Flatten and FlattenConsuming, checks both against the chain's memory and
-// each other (pages and flags), and returns FlattenConsuming's result.
+// flattenBoth is flattenBothOn on tmpfs, where the takeover keeps the
+// parent's layout (an exact prefix) or copies: the tests that call it say
+// what that does.
 func flattenBoth(t *testing.T, build func(t *testing.T, root string), dir string) Result {
 	t.Helper()
-	rootA, rootB := t.TempDir(), t.TempDir()
+	return flattenBothOn(t, tmpfsDir, build, dir)
+}
+
+// flattenBothOn flattens dir (under two copies of a chain made by build,
+// each in a dir from mkroot) with Flatten and FlattenConsuming (with
+// opts), checks both against the chain's memory and each other (every
+// file of dir byte for byte, pagemap flags), and returns FlattenConsuming's
+// result. Where pages were taken over, the new pages file is the parent's
+// (same inode).
+func flattenBothOn(t *testing.T, mkroot func(t *testing.T) string, build func(t *testing.T, root string), dir string, opts ...Option) Result {
+	t.Helper()
+	rootA, rootB := mkroot(t), mkroot(t)
 	build(t, rootA)
 	build(t, rootB)
 	want := memoryOfDir(t, filepath.Join(rootA, dir))
+	parentInodes := parentPagesInodes(t, filepath.Join(rootB, dir))
 	if _, err := Flatten(filepath.Join(rootA, dir)); err != nil {
 		t.Fatal(err)
 	}
-	res, err := FlattenConsuming(filepath.Join(rootB, dir))
+	res, err := FlattenConsuming(filepath.Join(rootB, dir), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("%+v", res)
+	sameSnapshot(t, snapshot(t, filepath.Join(rootB, dir)), snapshot(t, filepath.Join(rootA, dir)))
+	if res.PagesTakenOver > 0 {
+		taken := 0
+		for name, ino := range pagesInodes(t, filepath.Join(rootB, dir)) {
+			if ino == parentInodes[name] {
+				taken++
+			}
+		}
+		if taken == 0 {
+			t.Errorf("%d pages taken over, but no pages file is its parent's", res.PagesTakenOver)
+		}
+	}
 	for _, root := range []string{rootA, rootB} {
 		d := filepath.Join(root, dir)
 		checkFlat(t, d)
@@ -79,6 +103,73 @@ func flattenBoth(t *testing.T, build func(t *testing.T, root string), dir string
 		}
 	}
 	return res
+}
+
+// pagesInodes returns the inode of each pagemap's pages file in dir, by
+// pagemap.
+func pagesInodes(t *testing.T, dir string) map[string]uint64 {
+	t.Helper()
+	inodes := make(map[string]uint64)
+	for _, name := range pagemapNames(t, dir) {
+		img, err := readPagemapFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(dir, pagesName(img.pagesID)), &st); err == nil {
+			inodes[name] = st.Ino
+		}
+	}
+	return inodes
+}
+
+// parentPagesInodes is pagesInodes of dir's parent.
+func parentPagesInodes(t *testing.T, dir string) map[string]uint64 {
+	t.Helper()
+	return pagesInodes(t, filepath.Join(dir, parentLinkName))
+}
+
+// tmpfsDir returns a new dir on tmpfs (under /dev/shm), removed after the
+// test: a takeover there keeps the parent's layout or copies.
+func tmpfsDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "imagechain-")
+	if err != nil {
+		t.Skipf("no /dev/shm: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.TMPFS_MAGIC {
+		t.Skipf("/dev/shm is not a tmpfs (%v)", err)
+	}
+	return dir
+}
+
+// shiftDir returns the test's temp dir if its filesystem shifts ranges
+// (ext4, XFS), and skips the test otherwise.
+func shiftDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC {
+		t.Skipf("%s is on tmpfs: no fallocate FALLOC_FL_INSERT_RANGE (set TMPDIR to a dir on ext4 or XFS)", dir)
+	}
+	f, err := os.Create(filepath.Join(dir, "probe"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := f.Write(make([]byte, 2*pageSize)); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_INSERT_RANGE, 0, int64(pageSize)); err != nil {
+		t.Skipf("%s: fallocate FALLOC_FL_INSERT_RANGE: %v (set TMPDIR to a dir on ext4 or XFS)", dir, err)
+	}
+	return dir
 }
 
 func TestFlattenConsumingSameLayout(t *testing.T) {

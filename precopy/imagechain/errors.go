@@ -16,7 +16,8 @@ var (
 
 	// ErrParentConsumed: FlattenConsuming failed after it had rewritten
 	// part of the parent's pages that dir reads through its parent link
-	// (a takeover with a tail, see FlattenConsuming). dir is unchanged but
+	// (a takeover with a tail, or one that shifted ranges of the parent's
+	// pages file, see FlattenConsuming). dir is unchanged but
 	// can no longer be restored: dump it again.
 	ErrParentConsumed = errors.New("the parent's pages were rewritten before the failure")
 

@@ -232,7 +232,7 @@ func (sp *shiftPlan) run(r *replacement, f *os.File, name string) (ops int, err 
 		pos += s.n
 	}
 	if err := f.Truncate(sp.total); err != nil {
-		return ops, fmt.Errorf("truncate %s: %w", name, err)
+		return ops, err
 	}
 	w := &pagesWriter{dst: f}
 	for _, p := range sp.patches {
@@ -266,4 +266,3 @@ func fallocate(f *os.File, mode uint32, off, n int64) error {
 		}
 	}
 }
-
