@@ -117,13 +117,16 @@ func pagemapSeeds(f *testing.F) [][]byte {
 // linked, truncated, grown or FIFO file, an absolute, escaping, looping or
 // symlinked parent link, a corrupted pagemap); consume picks
 // FlattenConsuming (with Within, as its callers should), bounded Flatten
-// with Within too.
+// with Within too; onTmpfs builds the chain on tmpfs, where
+// FlattenConsuming keeps the parent's layout or copies, instead of the
+// test's temp dir (ext4 or XFS, where it also shifts ranges).
 //
 // Whatever the input, nothing outside the chain changes; a refusal leaves
 // every dir as it was; a success leaves dir flat, self-contained and
 // holding the memory CRIU's restore would have read through the chain
-// (the reference reader), from files with one link; and a hostile change
-// flatten must see (in dir itself, or any parent link) is refused.
+// (the reference reader), from files with one link; a hostile change
+// flatten must see (in dir itself, or any parent link) is refused; and
+// without a change, FlattenConsuming's files are Flatten's, byte for byte.
 func FuzzFlatten(f *testing.F) {
 	// Seeds: a few chains, each with every mutation, once in dir itself
 	// (target's high bit) and once further up, cycling through the modes.
@@ -136,13 +139,16 @@ func FuzzFlatten(f *testing.F) {
 		shape[0] = byte(i + 1) // 2, 3, 4, 1 dirs
 		for m := range uint8(mutationCount) {
 			for k, target := range []uint8{0x80 | m, m} {
-				f.Add(shape, m, target, uint8((int(m)+k+i)%3))
+				f.Add(shape, m, target, uint8((int(m)+k+i)%3)|uint8(i%2)<<2)
 			}
 		}
 	}
 	f.Fuzz(func(t *testing.T, shape []byte, mutation, target, flags uint8) {
-		consume, bounded := flags&1 != 0, flags&2 != 0
+		consume, bounded, onTmpfs := flags&1 != 0, flags&2 != 0, flags&4 != 0
 		root := t.TempDir()
+		if onTmpfs {
+			root = tmpfsDir(t)
+		}
 		g := &chainGen{src: byteSource{b: shape}, root: root}
 		g.build(t)
 		pristine, pristineErr := refMemoryOfDir(g.top())
@@ -156,6 +162,13 @@ func FuzzFlatten(f *testing.F) {
 		before := make(map[string]map[string]string)
 		for _, d := range g.dirs {
 			before[d] = snapshot(t, d)
+		}
+
+		// What Flatten makes of an unchanged chain, to compare with.
+		var copied string
+		if consume && m.name == "none" {
+			copied = filepath.Join(root, "copy")
+			copyTree(t, g.chain, copied)
 		}
 
 		var opts []Option
@@ -211,6 +224,13 @@ func FuzzFlatten(f *testing.F) {
 		}
 		if !maps2Equal(got, want) {
 			t.Fatalf("flat dir holds other memory than the chain (%d pagemaps, want %d)", len(got), len(want))
+		}
+		if copied != "" {
+			top := filepath.Join(copied, filepath.Base(g.top()))
+			if _, err := Flatten(top, Within(copied)); err != nil {
+				t.Fatalf("FlattenConsuming flattened %+v, Flatten fails: %v", res, err)
+			}
+			sameSnapshot(t, snapshot(t, g.top()), snapshot(t, top))
 		}
 	})
 }
