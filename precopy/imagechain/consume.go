@@ -214,6 +214,24 @@ func planTakeovers(jobs []*pagemapJob, c *chain, anyFS bool) error {
 				break
 			}
 		}
+		// A fill read from the base file by another name would read it
+		// shifted (openPages' one-link check makes that impossible).
+		if t.shift != nil {
+			for _, s := range t.shift.segs {
+				for _, op := range s.fill.ops {
+					fid, err := idOfCached(op.src)
+					if err != nil {
+						return err
+					}
+					if fid == id {
+						t.shift = nil
+					}
+				}
+			}
+			if t.shift == nil && t.prefix == nil {
+				t.refused = errors.New(t.why("it would read the parent's pages file as it moves it"))
+			}
+		}
 		t.baseID = id
 		j.takeover = t
 	}
@@ -285,13 +303,9 @@ walk:
 	if t.prefix == nil || p.tail.size() > 0 {
 		// The parent's dir is on the filesystem of its pages file; the
 		// file's own answer is the first insert or collapse.
-		ok, why, err := rangeShiftable(a.dir.fd(), a.dir.path, ps, anyFS)
-		switch {
-		case err != nil:
-			return nil, "", err
-		case ok:
+		if ok, why := rangeShiftable(a.dir.fd(), a.dir.path, ps, anyFS); ok {
 			t.shift, shiftWhy = planShift(img, own, a, plan, ps)
-		default:
+		} else {
 			shiftWhy = why
 		}
 		if t.shift != nil && t.prefix != nil && p.tail.size() <= t.shift.size() {

@@ -156,20 +156,22 @@ func planShift(img *pagemapImage, own *os.File, a *ancestorPagemap, plan *copyPl
 // of fd (a dir, named path for the message): not on tmpfs or ramfs, which
 // have no insert or collapse (unless anyFS, for tests), and only where the
 // filesystem's blocks divide a page, since every offset and length is a
-// multiple of the page size and both operations want whole blocks. A
-// failing statfs is a reason, not an error: the flatten goes on without.
-func rangeShiftable(fd int, path string, pageSize uint64, anyFS bool) (bool, string, error) {
+// multiple of the page size and both operations want whole blocks. If
+// not, it says why, unless the filesystem is one known to have neither
+// (a takeover there is as it always was). A failing statfs is a reason,
+// not an error: the flatten goes on without a shift.
+func rangeShiftable(fd int, path string, pageSize uint64, anyFS bool) (bool, string) {
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(fd, &st); err != nil {
-		return false, fmt.Sprintf("statfs %s: %v", path, err), nil
+		return false, fmt.Sprintf("statfs %s: %v", path, err)
 	}
 	if !anyFS && (st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC) {
-		return false, "", nil
+		return false, ""
 	}
 	if st.Bsize <= 0 || pageSize%uint64(st.Bsize) != 0 {
-		return false, fmt.Sprintf("the filesystem's block size (%d) does not divide the page size (%d)", st.Bsize, pageSize), nil
+		return false, fmt.Sprintf("the filesystem's block size (%d) does not divide the page size (%d)", st.Bsize, pageSize)
 	}
-	return true, "", nil
+	return true, ""
 }
 
 // errShiftRefused wraps the first insert or collapse's failure when the
