@@ -124,7 +124,10 @@ func makeChain(t *testing.T, root string, pid int, pause time.Duration, env []st
 
 // flattenings are the ways precopy may flatten a chain: each round right
 // after it is written (one level each time), the same with the last dump
-// flattened by FlattenConsuming, or the last dump alone (recursive).
+// flattened by FlattenConsuming, or the last dump alone (recursive). The
+// copies are flattened in the test's temp dir: with TMPDIR on ext4 or XFS,
+// FlattenConsuming shifts ranges where pages moved; on tmpfs (the VM's
+// default) it keeps the parent's layout or copies.
 var flattenings = []struct {
 	name        string
 	dirs        []string
@@ -150,9 +153,12 @@ func flattenCopy(t *testing.T, label, chain, dst string, dirs []string, consumeL
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("TIMING %s %s %s: %s (depth %d, %d pagemaps, %d pages copied = %d MiB, %d taken over, %d kept, %d MiB written)",
+		t.Logf("TIMING %s %s %s: %s (depth %d, %d pagemaps, %d pages copied = %d MiB, %d taken over, %d kept, %d MiB written, %d range shifts)",
 			label, how, d, res.Duration.Round(10*time.Microsecond), res.Depth, res.Pagemaps, res.PagesCopied,
-			res.BytesCopied>>20, res.PagesTakenOver, res.PagesKept, res.BytesWritten>>20)
+			res.BytesCopied>>20, res.PagesTakenOver, res.PagesKept, res.BytesWritten>>20, res.RangeShifts)
+		if res.TakeoverRefused != "" {
+			t.Logf("%s %s %s copied: %s", label, how, d, res.TakeoverRefused)
+		}
 	}
 	for _, d := range []string{"d1", "d2"} {
 		if err := os.RemoveAll(filepath.Join(dst, d)); err != nil {
