@@ -186,6 +186,7 @@ func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 	}
 	f.report.FinalFlatten = f.e.Now().Sub(start)
 	final.FlattenTakenOver, final.FlattenCopied, final.FlattenCopyReason = res.PagesTakenOver, res.PagesCopied, res.TakeoverRefused
+	final.FlattenRangeShifts = res.RangeShifts
 	if res.TakeoverRefused != "" && !res.TakeoverLinkFailed {
 		f.e.Log.Infof("precopy: the final flatten copied %d pages of the last round (took over %d): %s", res.PagesCopied, res.PagesTakenOver, res.TakeoverRefused)
 	}

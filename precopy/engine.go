@@ -294,6 +294,7 @@ func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, err
 		}
 		round.Flatten = e.Now().Sub(f)
 		round.FlattenTakenOver, round.FlattenCopied, round.FlattenCopyReason = res.PagesTakenOver, res.PagesCopied, res.TakeoverRefused
+		round.FlattenRangeShifts = res.RangeShifts
 		if res.TakeoverRefused != "" {
 			e.Log.Infof("precopy: round %d's flatten copied %d pages of the previous image (took over %d): %s", i, res.PagesCopied, res.PagesTakenOver, res.TakeoverRefused)
 		}

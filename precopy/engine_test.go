@@ -181,7 +181,8 @@ func tcgConfig() policy.Config {
 }
 
 // TestRoundsRecordWhatTheirFlattenDid: each round, and the final dump,
-// records the pages its flatten took over or copied and why it copied,
+// records the pages its flatten took over or copied, the ranges it
+// shifted, and why it copied,
 // as the flattener said; the report's JSON carries them, and leaves them
 // out for a round that flattened nothing (the first).
 func TestRoundsRecordWhatTheirFlattenDid(t *testing.T) {
@@ -189,7 +190,7 @@ func TestRoundsRecordWhatTheirFlattenDid(t *testing.T) {
 	e := newFakeEngine(t, f, fixed(3))
 	const why = "pagemap-1.img: page layout differs from the parent's at flat offset 4096 (vaddr 0x1000, not in the parent's pagemap) of 40960 bytes: the tail to rewrite (36864 bytes) is longer than the prefix kept"
 	results := map[string]imagechain.Result{
-		"round-2": {PagesTakenOver: 250, PagesCopied: 2},
+		"round-2": {PagesTakenOver: 250, PagesCopied: 2, RangeShifts: 3},
 		"round-3": {PagesCopied: 252, TakeoverRefused: why},
 		"image":   {PagesTakenOver: 251, PagesCopied: 1},
 	}
@@ -212,12 +213,13 @@ func TestRoundsRecordWhatTheirFlattenDid(t *testing.T) {
 	type flattened struct {
 		takenOver, copied uint64
 		why               string
+		shifts            int
 	}
 	var got []flattened
 	for _, rd := range append(slices.Clone(report.Rounds), *report.Final) {
-		got = append(got, flattened{rd.FlattenTakenOver, rd.FlattenCopied, rd.FlattenCopyReason})
+		got = append(got, flattened{rd.FlattenTakenOver, rd.FlattenCopied, rd.FlattenCopyReason, rd.FlattenRangeShifts})
 	}
-	want := []flattened{{}, {250, 2, ""}, {0, 252, why}, {251, 1, ""}}
+	want := []flattened{{}, {250, 2, "", 3}, {0, 252, why, 0}, {251, 1, "", 0}}
 	if !slices.Equal(got, want) {
 		t.Errorf("rounds and final recorded %+v, want %+v", got, want)
 	}
@@ -229,7 +231,7 @@ func TestRoundsRecordWhatTheirFlattenDid(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
 	}
-	if back.Rounds[2].FlattenCopyReason != why || back.Rounds[1].FlattenTakenOver != 250 || back.Final.FlattenTakenOver != 251 {
+	if back.Rounds[2].FlattenCopyReason != why || back.Rounds[1].FlattenTakenOver != 250 || back.Rounds[1].FlattenRangeShifts != 3 || back.Final.FlattenTakenOver != 251 {
 		t.Errorf("the report's JSON lost them: %s", b)
 	}
 	var raw struct {

@@ -241,6 +241,9 @@ func periodicDetails(r *precopy.Report) string {
 		if rd.FlattenTakenOver+rd.FlattenCopied > 0 {
 			s += fmt.Sprintf(" taken_over=%d copied=%d", rd.FlattenTakenOver, rd.FlattenCopied)
 		}
+		if rd.FlattenRangeShifts > 0 {
+			s += fmt.Sprintf(" range_shifts=%d", rd.FlattenRangeShifts)
+		}
 		if rd.FlattenCopyReason != "" {
 			s += fmt.Sprintf(" copied_because=%q", rd.FlattenCopyReason)
 		}
@@ -253,7 +256,11 @@ func periodicDetails(r *precopy.Report) string {
 	// rest (freezing, the parasite, files, tmpfs), to tell a larger
 	// delta from a dearer dump.
 	if f := r.Final; f != nil {
-		s += fmt.Sprintf(" final=[written=%d freezing=%.0f frozen=%.0f memdump=%.0f wall=%.0f]", f.PagesWritten, ms(f.Freezing), ms(f.Frozen), ms(f.MemDump), ms(f.Wall))
+		s += fmt.Sprintf(" final=[written=%d freezing=%.0f frozen=%.0f memdump=%.0f wall=%.0f flatten=%.0f taken_over=%d copied=%d range_shifts=%d]",
+			f.PagesWritten, ms(f.Freezing), ms(f.Frozen), ms(f.MemDump), ms(f.Wall), ms(r.FinalFlatten), f.FlattenTakenOver, f.FlattenCopied, f.FlattenRangeShifts)
+		if f.FlattenCopyReason != "" {
+			s += fmt.Sprintf(" final_copied_because=%q", f.FlattenCopyReason)
+		}
 	}
 	if r.Skipped != "" {
 		s += fmt.Sprintf(" skipped=%q", r.Skipped)

@@ -61,6 +61,11 @@ type Round struct {
 	FlattenTakenOver  uint64 `json:"flatten_taken_over_pages,omitempty"`
 	FlattenCopied     uint64 `json:"flatten_copied_pages,omitempty"`
 	FlattenCopyReason string `json:"flatten_copy_reason,omitempty"`
+	// FlattenRangeShifts is how many ranges the takeover inserted into or
+	// collapsed out of the previous pages file (ext4, XFS) because pages
+	// were added or removed below others since (imagechain's
+	// RangeShifts).
+	FlattenRangeShifts int `json:"flatten_range_shifts,omitempty"`
 	// Dirtied is how many pages the load wrote from the round's start (its
 	// soft-dirty reset) until DirtiedAfter later, counted from the page
 	// tables right after the round. Zero DirtiedAfter: not counted.

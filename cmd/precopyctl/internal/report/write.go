@@ -61,6 +61,9 @@ func Write(w io.Writer, src Source, r *precopy.Report) error {
 		s := fmt.Sprintf("%s (the final dump with the rounds' image)", dur(r.FinalFlatten))
 		if f := r.Final; f != nil && f.FlattenTakenOver+f.FlattenCopied > 0 {
 			s += fmt.Sprintf("; %d pages taken over, %d copied", f.FlattenTakenOver, f.FlattenCopied)
+			if f.FlattenRangeShifts > 0 {
+				s += fmt.Sprintf(", %d ranges shifted", f.FlattenRangeShifts)
+			}
 			if f.FlattenCopyReason != "" {
 				s += ": " + f.FlattenCopyReason
 			}
@@ -142,6 +145,9 @@ func (p *printer) rounds(r *precopy.Report) {
 func flattened(r policy.Round) string {
 	if r.FlattenTakenOver+r.FlattenCopied == 0 {
 		return "-"
+	}
+	if r.FlattenRangeShifts > 0 {
+		return fmt.Sprintf("%d/%d (%d shifts)", r.FlattenTakenOver, r.FlattenCopied, r.FlattenRangeShifts)
 	}
 	return fmt.Sprintf("%d/%d", r.FlattenTakenOver, r.FlattenCopied)
 }
