@@ -177,7 +177,7 @@ func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 	res, err := f.e.Flatten(f.cp.ImageDir, r.dir)
 	if res.TakeoverLinkFailed && !f.e.warnedCopiedFlatten {
 		f.e.warnedCopiedFlatten = true
-		f.e.Log.Warnf("precopy: the final flatten copies the rounds' pages instead of taking them over (%s); put containerd's checkpoint temp dir ($XDG_RUNTIME_DIR or $TMPDIR) on the filesystem of its state dir (see README)", res.TakeoverRefused)
+		f.e.Log.Warnf("precopy: the final flatten copies the rounds' pages instead of taking them over (%s); put containerd's checkpoint temp dir ($XDG_RUNTIME_DIR or $TMPDIR) on the filesystem of the rounds (its state dir, or precopy's rounds-dir; see README)", res.TakeoverRefused)
 	}
 	if err != nil {
 		// The image still points at rounds about to be discarded (and

@@ -13,6 +13,7 @@ import (
 	apitask "github.com/containerd/containerd/api/types/task"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 
 	"github.com/precopy/precopy/precopy"
@@ -122,6 +123,9 @@ func (s *Service) deleted(ctx context.Context, c *container) {
 	s.unpin(ctx, c, "container deleted")
 	c.drop(ctx, "container deleted")
 	c.engine.Release()
+	if err := removeRoundsDir(c.settings.RoundsDir, c.namespace, c.id); err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("precopy: remove the container's rounds dir")
+	}
 	c.phase, c.pause = idle, pauseRecord{}
 }
 

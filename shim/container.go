@@ -4,6 +4,7 @@ package shim
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"sync"
 
@@ -93,12 +94,42 @@ func (s *Service) newContainer(r *taskAPI.CreateTaskRequest, ns string, cs setti
 }
 
 // newEngine is the engine for c's checkpoints, with rounds (and, for
-// incremental checkpoints, the last checkpoint's memory image) in its
-// bundle: containerd's state dir, a tmpfs.
+// incremental checkpoints, the last checkpoint's memory image) in
+// roundsDir.
 func newEngine(c *container, rt precopy.Runtime) *precopy.Engine {
-	e := precopy.New(rt, c.settings.Policy, string(c.settings.Mode), filepath.Join(c.bundle, "precopy"), log.L.WithField("id", c.id))
+	e := precopy.New(rt, c.settings.Policy, string(c.settings.Mode), roundsDir(c.settings.RoundsDir, c.bundle, c.namespace, c.id), log.L.WithField("id", c.id))
 	e.Incremental, e.KeepBudget = c.settings.Incremental, c.settings.IncrementalBudget
 	return e
+}
+
+// roundsDir is where a container's engine keeps its rounds and kept
+// image: its bundle (containerd's state dir, a tmpfs on most nodes), or,
+// with the config file's rounds-dir (base), <base>/<namespace>/<id>: the
+// operator's choice of a filesystem that can shift ranges (ext4, XFS; see
+// imagechain's FlattenConsuming) and of disk instead of memory for the
+// kept image. Namespace and id are containerd identifiers (one path
+// element each, checked at Create).
+func roundsDir(base, bundle, ns, id string) string {
+	if base == "" {
+		return filepath.Join(bundle, "precopy")
+	}
+	return filepath.Join(base, ns, id)
+}
+
+// removeRoundsDir removes a container's dir under the configured rounds
+// dir, and its namespace's dir once empty. Nothing removes it otherwise:
+// containerd removes the bundle, not this. Without a rounds dir it is a
+// no-op (the bundle goes with the container).
+func removeRoundsDir(base, ns, id string) error {
+	if base == "" {
+		return nil
+	}
+	if err := os.RemoveAll(roundsDir(base, "", ns, id)); err != nil {
+		return err
+	}
+	// Another container's rounds may be there: ENOTEMPTY is expected.
+	os.Remove(filepath.Join(base, ns))
+	return nil
 }
 
 // paused records a Pause that froze the task, leaving r for the

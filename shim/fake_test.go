@@ -324,8 +324,15 @@ func newHarness(t *testing.T, annotations map[string]string, readonly bool) *har
 // (restored from the image in dir checkpoint, if not "").
 func newHarnessFrom(t *testing.T, spec map[string]any, checkpoint string) *harness {
 	t.Helper()
+	return newHarnessWith(t, testSettings(), spec, checkpoint)
+}
+
+// newHarnessWith is newHarnessFrom with the shim's defaults (the config
+// file's) set to defaults.
+func newHarnessWith(t *testing.T, defaults settings.Settings, spec map[string]any, checkpoint string) *harness {
+	t.Helper()
 	h := &harness{t: t, tasks: &fakeTasks{}, pins: newFakePinner("precopyd"), local: newFakePinner(pinnedByShim), now: time.Now(), id: "c1"}
-	h.s = New(h.tasks, testSettings())
+	h.s = New(h.tasks, defaults)
 	h.s.now = func() time.Time { return h.now }
 	h.s.afterFunc = func(d time.Duration, f func()) stopper {
 		tm := &fakeTimer{after: d, fire: f}

@@ -8,9 +8,12 @@ import (
 	"path/filepath"
 
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
+	"github.com/containerd/containerd/v2/pkg/identifiers"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	pkgshim "github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/log"
 
+	"github.com/precopy/precopy/precopy/settings"
 	"github.com/precopy/precopy/snapshotter/pin"
 )
 
@@ -37,5 +40,24 @@ func (m releasingManager) Stop(ctx context.Context, id string) (pkgshim.StopStat
 			log.G(ctx).WithError(err).WithField("id", id).Error("precopy: release the pins a dead shim left")
 		}
 	}
+	removeDeadShimRounds(ctx, id)
 	return m.Shim.Stop(ctx, id)
+}
+
+// removeDeadShimRounds removes the rounds and kept image a dead shim left
+// under the configured rounds dir (containerd removes the bundle, where
+// they are otherwise). The shim binary's delete runs with the config
+// file the shim had and the container's namespace in ctx.
+func removeDeadShimRounds(ctx context.Context, id string) {
+	cs, err := settings.Load(settings.Path())
+	if err != nil || cs.RoundsDir == "" {
+		return
+	}
+	ns, ok := namespaces.Namespace(ctx)
+	if !ok || identifiers.Validate(ns) != nil || identifiers.Validate(id) != nil {
+		return
+	}
+	if err := removeRoundsDir(cs.RoundsDir, ns, id); err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Error("precopy: remove the rounds a dead shim left")
+	}
 }

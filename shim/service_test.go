@@ -3,6 +3,8 @@
 package shim
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +15,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runc/options"
 	apitask "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 
@@ -377,5 +380,67 @@ func TestIncrementalKeptUntilDelete(t *testing.T) {
 	}
 	if left := h.roundsLeft(); left != nil {
 		t.Errorf("bundle holds %v after Delete", left)
+	}
+}
+
+// TestRoundsDirConfigured: with the config file's rounds-dir, a
+// container's rounds and kept image are in <rounds-dir>/<namespace>/<id>;
+// Create removes what a dead predecessor of that id left there, and
+// Delete removes it all, the namespace's dir included once empty.
+func TestRoundsDirConfigured(t *testing.T) {
+	base := t.TempDir()
+	stale := filepath.Join(base, "test", "c1", "kept")
+	if err := os.MkdirAll(stale, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	defaults := testSettings()
+	defaults.RoundsDir = base
+	h := newHarnessWith(t, defaults, map[string]any{"annotations": map[string]string{settings.AnnotationIncremental: "on"}}, "")
+	if want := filepath.Join(base, "test", "c1"); h.rounds != want {
+		t.Errorf("rounds in %s, want %s", h.rounds, want)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the stale kept image survived Create: %v", err)
+	}
+	if inc := h.ctrCheckpoint().Incremental; inc == nil || !inc.Kept {
+		t.Fatalf("checkpoint's incremental %+v, want kept", inc)
+	}
+	if _, err := os.Stat(filepath.Join(h.rounds, "kept")); err != nil {
+		t.Errorf("kept image not in the rounds dir: %v", err)
+	}
+	if err := h.delete(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(base, "test")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the namespace's rounds dir outlived Delete: %v", err)
+	}
+}
+
+// TestDeadShimRoundsRemoved: the shim binary's delete (containerd's
+// cleanup after a dead shim) removes the rounds the shim left under the
+// configured rounds dir, and nothing for an id that is not one path
+// element.
+func TestDeadShimRoundsRemoved(t *testing.T) {
+	base := t.TempDir()
+	config := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(config, []byte("rounds-dir = \""+base+"\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PRECOPY_CONFIG", config)
+	left := filepath.Join(base, "ns", "c1", "round-1")
+	other := filepath.Join(base, "ns", "c2")
+	for _, d := range []string{left, other} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := namespaces.WithNamespace(t.Context(), "ns")
+	removeDeadShimRounds(ctx, "../ns/c2")
+	removeDeadShimRounds(ctx, "c1")
+	if _, err := os.Stat(filepath.Join(base, "ns", "c1")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the dead shim's rounds are still there: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("another container's rounds were removed: %v", err)
 	}
 }

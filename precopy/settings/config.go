@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 
 	"github.com/pelletier/go-toml/v2"
@@ -16,9 +17,14 @@ import (
 // (tests use it). A missing file means the built-in defaults.
 const ConfigPath = "/etc/precopy/config.toml"
 
-// configKeyPrecopyd is the config file's key for precopyd's socket; the
-// other keys are the io.precopy.* annotation keys without the prefix.
-const configKeyPrecopyd = "precopyd-address"
+// configKeyPrecopyd is the config file's key for precopyd's socket, and
+// configKeyRoundsDir the one for where the rounds are kept; the other
+// keys are the io.precopy.* annotation keys without the prefix. These two
+// name host paths: a container's annotations must not choose them.
+const (
+	configKeyPrecopyd  = "precopyd-address"
+	configKeyRoundsDir = "rounds-dir"
+)
 
 // Path is the config file this process reads: $PRECOPY_CONFIG, or
 // ConfigPath.
@@ -37,6 +43,7 @@ func Path() string {
 //	target-downtime = "300ms"
 //	max-rounds = 5
 //	precopyd-address = "/run/precopyd/precopyd.sock"
+//	rounds-dir = "/var/lib/precopy/rounds"
 //
 // Values parse as the annotations do, and mode may also be annotated; an
 // unknown key or a bad value is an error naming it. A missing file gives
@@ -58,8 +65,15 @@ func Load(path string) (Settings, error) {
 	for _, k := range slices.Sorted(maps.Keys(raw)) {
 		switch v := raw[k].(type) {
 		case string:
-			if k == configKeyPrecopyd {
+			switch k {
+			case configKeyPrecopyd:
 				s.PrecopydAddress = v
+				continue
+			case configKeyRoundsDir:
+				if v != "" && (!filepath.IsAbs(v) || filepath.Clean(v) != v) {
+					return s, fmt.Errorf("precopy config %s: %s %q: must be an absolute, clean path", path, k, v)
+				}
+				s.RoundsDir = v
 				continue
 			}
 			annotations[AnnotationPrefix+k] = v

@@ -103,6 +103,14 @@ type Settings struct {
 	// pinned view of a writable rootfs for an early thaw ("" = never). Set
 	// by the config file only.
 	PrecopydAddress string
+	// RoundsDir is where each container's rounds and kept image go, in
+	// <RoundsDir>/<namespace>/<id>; "" = the container's bundle (the state
+	// dir, a tmpfs on most nodes). On ext4 or XFS a flatten takes the
+	// previous pages file over even where pages were added or removed
+	// below others (a range shift), where tmpfs must copy; and the final
+	// flatten takes the rounds over only if containerd's checkpoint temp
+	// dir is on the same filesystem. Set by the config file only.
+	RoundsDir string
 	// Incremental keeps each leave-running checkpoint's memory image (in
 	// the container's bundle, on the state dir's tmpfs), of at most
 	// IncrementalBudget bytes, so that the task's next checkpoint

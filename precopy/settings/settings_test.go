@@ -194,6 +194,7 @@ memory-budget = "1GiB"
 early-thaw = "never"
 tcp = "refuse"
 precopyd-address = ""
+rounds-dir = "/var/lib/precopy/rounds"
 incremental = true
 incremental-budget = "2GiB"
 `))
@@ -202,7 +203,7 @@ incremental-budget = "2GiB"
 	}
 	if s.Mode != ModeAnnotated || s.Policy.TargetFreeze != 50*time.Millisecond || s.Policy.MaxRounds != 3 ||
 		s.Policy.MemoryBudget != 1<<30 || s.EarlyThaw != EarlyThawNever || s.TCP != TCPRefuse || s.PrecopydAddress != "" ||
-		!s.Incremental || s.IncrementalBudget != 2<<30 {
+		s.RoundsDir != "/var/lib/precopy/rounds" || !s.Incremental || s.IncrementalBudget != 2<<30 {
 		t.Errorf("settings %+v", s)
 	}
 	// A container's annotation still wins over the file's default mode.
@@ -221,10 +222,16 @@ incremental-budget = "2GiB"
 		`max-rounds = [1]`:        "max-rounds: a []interface {} is not a setting's value",
 		`max-rounds = `:           "precopy config",
 		`incremental = "yes"`:     `io.precopy.incremental: "yes" is not "on" or "off"`,
+		`rounds-dir = "rounds"`:   `rounds-dir "rounds": must be an absolute, clean path`,
+		`rounds-dir = "/a/../b"`:  `rounds-dir "/a/../b": must be an absolute, clean path`,
 	} {
 		if _, err := Load(writeConfig(t, text)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v, want it to say %q", text, err, want)
 		}
+	}
+	// A host path is the operator's: a container cannot annotate one.
+	if _, err := s.With(map[string]string{AnnotationPrefix + "rounds-dir": "/etc"}); err == nil {
+		t.Error("io.precopy.rounds-dir accepted as an annotation")
 	}
 	if _, err := Load(t.TempDir()); err == nil {
 		t.Error("a directory read as a config file")
