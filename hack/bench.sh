@@ -7,7 +7,10 @@
 #                         _output/bench/matrix.log, then docs/benchmarks gets
 #                         the CSV, the markdown table and the plots
 #   bench.sh SCENARIO     one scenario; its LAST line is the summary (the
-#                         storage-* scenarios always natively)
+#                         storage-* scenarios always natively); a *-ext4
+#                         one gets the VM's ext4 scratch disk for
+#                         containerd's state and temp dirs
+#                         (PRECOPY_VM_SCRATCH=ext4, integration/vm/run.sh)
 #
 # With BENCH_NATIVE=1 (make bench BENCH_NATIVE=1 SCENARIO=...) a scenario
 # runs on this kernel even without soft-dirty: precopy's checkpoints are then
@@ -38,6 +41,7 @@ run() {
 		_output/bench "$@"
 		return
 	fi
+	if [[ $scenario == *-ext4 ]]; then export PRECOPY_VM_SCRATCH=ext4; fi
 	echo "bench: this kernel cannot track dirty memory (no CONFIG_MEM_SOFT_DIRTY): running in the soft-dirty VM (qemu TCG); compare its figures only with each other" >&2
 	# Room for a 1 GiB workload, its rounds, its image and the content store.
 	bash integration/vm/run.sh -m "${PRECOPY_VM_MEM:-12G}" -t "${PRECOPY_BENCH_TIMEOUT:-7200}" -- _output/bench "$@"

@@ -56,6 +56,11 @@ type scenario struct {
 	// periodic: checkpoint one container again and again, incremental
 	// on and off (periodic.go), instead of stock against precopy.
 	periodic *periodic
+	// fsType, when set, is the file system containerd's state dir (the
+	// rounds) and temp dir must be on, one mount of it; the bench stops
+	// otherwise. hack/bench.sh gives a scenario named *-ext4 the VM's
+	// ext4 scratch disk (PRECOPY_VM_SCRATCH=ext4, integration/vm/run.sh).
+	fsType string
 }
 
 // precopydLimits hold a 1 GiB scenario's images (one per checkpoint
@@ -90,6 +95,14 @@ var scenarios = map[string]scenario{
 	"low-dirty-256m-early-thaw": {
 		args:        []string{"-mib", "256", "-dirty-mibps", "16", "-hot", "0.1"},
 		annotations: map[string]string{settings.AnnotationEarlyThaw: string(settings.EarlyThawForce)},
+	},
+	// periodic-low-dirty-1g with the rounds and containerd's temp dir on
+	// ext4 (the VM's scratch disk), not tmpfs: what a disk file system
+	// changes in the flattens' takeover.
+	"periodic-low-dirty-1g-ext4": {
+		args:     []string{"-mib", "1024", "-dirty-mibps", "16", "-hot", "0.1"},
+		periodic: &periodic{checkpoints: 5, gap: 20 * time.Second},
+		fsType:   "ext4",
 	},
 }
 
@@ -222,6 +235,10 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 	fmt.Printf("bench %s: memload %s; precopy annotations %v; CRI %s; precopyd content store and snapshotter %v; kernel %s (%s); CRIU %s; %d runs per configuration, alternating; %s; commit %s\n",
 		name, strings.Join(sc.args, " "), sc.annotations, cri, sc.precopyd, strings.TrimSpace(string(kernel)), tier, criuVersion, runs, time.Now().UTC().Format(time.RFC3339), commit)
 
+	if err := checkDirMounts(d, sc.fsType); err != nil {
+		return err
+	}
+
 	measure := func(id string, precopy bool, args []string) (harness.Measurement, error) {
 		return measureCtr(ctx, d, id, precopy, args, sc.annotations)
 	}
@@ -276,6 +293,26 @@ func run(ctx context.Context, name string, sc scenario, runs int) (retErr error)
 		spread(stock, pause), spread(pc, pause), spread(stock, finalDump), spread(pc, finalDump))
 	fmt.Printf("scenario=%s stock_pause_ms=%.0f precopy_pause_ms=%.0f pause_ratio=%.3f stock_final_dump_ms=%.0f precopy_final_dump_ms=%.0f final_dump_ratio=%.3f rounds=%.0f\n",
 		name, sp, pp, pp/sp, sf, pf, pf/sf, median(pc, rounds))
+	return nil
+}
+
+// checkDirMounts prints, once, which file system containerd's state dir
+// (precopy's rounds, in the bundles) and temp dir (the checkpoint's
+// image) are on, so that a figure says where it was measured; and when
+// fsType is set, fails unless both are on one mount of that type.
+func checkDirMounts(d *harness.Daemon, fsType string) error {
+	fmt.Printf("bench: %s\n", d.DescribeDirMounts())
+	if fsType == "" {
+		return nil
+	}
+	state, temp, err := d.DirMounts()
+	if err != nil {
+		return err
+	}
+	if state.FSType != fsType || state.ID != temp.ID {
+		return fmt.Errorf("this scenario measures containerd's state and temp dirs on one %s mount, they are on %s and %s (make bench gives a *-%s scenario the VM's scratch disk; natively, set %s to a dir on %s)",
+			fsType, state.FSType, temp.FSType, fsType, harness.ContainerdDirEnv, fsType)
+	}
 	return nil
 }
 

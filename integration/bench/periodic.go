@@ -66,6 +66,9 @@ func runPeriodic(ctx context.Context, name string, sc scenario, runs int) (retEr
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	fmt.Printf("bench %s: memload %s on precopy's shim, checkpointed %d times as `ctr c checkpoint --task --rw` does, %s of running between two, io.precopy.incremental on and off alternating, %d runs each; kernel %s; %s; commit %s\n",
 		name, strings.Join(sc.args, " "), p.checkpoints, p.gap, runs, strings.TrimSpace(string(kernel)), time.Now().UTC().Format(time.RFC3339), commit)
+	if err := checkDirMounts(d, sc.fsType); err != nil {
+		return err
+	}
 	// The first dump after boot pays module autoload and CRIU's kerndat.
 	if _, err := measureCtr(ctx, d, "warm-up", true, []string{"-mib", "16"}, nil); err != nil {
 		return fmt.Errorf("warm-up: %w", err)

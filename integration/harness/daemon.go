@@ -81,7 +81,8 @@ func StartDaemon(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	if o.Namespace == "" {
 		return nil, errors.New("start containerd: no namespace given")
 	}
-	dir, err := os.MkdirTemp("", "precopy-ctrd-")
+	// "" (unset) is os.TempDir().
+	dir, err := os.MkdirTemp(os.Getenv(ContainerdDirEnv), "precopy-ctrd-")
 	if err != nil {
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
@@ -123,6 +124,11 @@ func StartDaemon(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	d.env = append(d.env, o.Env...)
 	if err := d.start(ctx); err != nil {
 		return nil, err
+	}
+	if os.Getenv(ContainerdDirEnv) != "" {
+		// Said where a test's or benchmark's log shows it: the figures
+		// depend on it (the VM tier's scratch disk, run.sh).
+		fmt.Fprintf(os.Stderr, "harness: %s=%s: %s\n", ContainerdDirEnv, os.Getenv(ContainerdDirEnv), d.DescribeDirMounts())
 	}
 	return d, nil
 }
@@ -197,7 +203,7 @@ disabled_plugins = [%s]
 [plugins."io.containerd.internal.v1.opt"]
   path = %q
 %s
-`, filepath.Join(d.Dir, "root"), filepath.Join(d.Dir, "state"), filepath.Join(d.Dir, "tmp"),
+`, filepath.Join(d.Dir, "root"), d.StateDir(), d.TempDir(),
 		strings.Join(quoted, ", "), d.Address, d.Address+".ttrpc", filepath.Join(d.Dir, "debug.sock"),
 		filepath.Join(d.Dir, "opt"), extra)
 }
@@ -252,7 +258,7 @@ func (d *Daemon) Ctr(ctx context.Context, args ...string) (string, error) {
 // RootfsPath is where the shim mounts container id's root filesystem,
 // in containerd's state dir.
 func (d *Daemon) RootfsPath(id string) string {
-	return filepath.Join(d.Dir, "state", "io.containerd.runtime.v2.task", d.Namespace, id, "rootfs")
+	return filepath.Join(d.StateDir(), "io.containerd.runtime.v2.task", d.Namespace, id, "rootfs")
 }
 
 // LogTail returns the last n lines of containerd's log.

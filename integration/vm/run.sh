@@ -5,6 +5,11 @@
 #
 # The guest sees the host root read-only over 9p with a tmpfs overlay on top
 # (so writes work but vanish), fresh tmpfs /tmp and /run, no network device.
+# With PRECOPY_VM_SCRATCH=ext4, /run/containerd is instead an ext4 file
+# system on a virtio-blk disk of its own (a sparse image in this run's temp
+# dir) and the integration harness makes its private containerds' dirs
+# there: their state dir (bundles, precopy's rounds) and temp dir (the
+# checkpoint's image) on one disk file system, which tmpfs is not.
 # The command runs in the caller's working directory with PATH (the caller's,
 # plus the usual sbin/bin dirs), HOME, PRECOPY_* and GO* from the caller, and
 # PRECOPY_IN_VM=1. Its output is streamed; boot noise goes to a console log
@@ -20,7 +25,8 @@ usage() {
 		  -m  guest memory, qemu syntax (default \$PRECOPY_VM_MEM or 6G)
 		  -t  seconds before the guest is killed (default \$PRECOPY_VM_TIMEOUT or 1800)
 		env: PRECOPY_VM_CPUS (2), PRECOPY_VM_KERNEL (newest /boot/vmlinuz-6.1.*-amd64),
-		     PRECOPY_CACHE (/var/cache/precopy; the initramfs goes to its vm/ dir)
+		     PRECOPY_CACHE (/var/cache/precopy; the initramfs goes to its vm/ dir),
+		     PRECOPY_VM_SCRATCH (unset: all tmpfs; ext4: /run/containerd on an ext4 disk)
 	EOF
 	exit 2
 }
@@ -39,6 +45,11 @@ done
 shift $((OPTIND - 1))
 [ $# -gt 0 ] || usage
 [[ $timeout =~ ^[1-9][0-9]*$ ]] || die "timeout must be whole seconds, got '$timeout'"
+scratch=${PRECOPY_VM_SCRATCH:-}
+case $scratch in
+'' | ext4) ;;
+*) die "PRECOPY_VM_SCRATCH must be unset or ext4, got '$scratch'" ;;
+esac
 
 # Already inside the guest (a nested TCG VM would crawl): just run it.
 if [ "${PRECOPY_IN_VM:-}" = 1 ]; then exec "$@"; fi
@@ -77,18 +88,27 @@ trap cleanup EXIT
 # unpacked here since busybox insmod may not read them). Built-ins skipped.
 modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
 	netfs fscache 9pnet 9pnet_virtio 9p overlay)
-mod_names=() mod_files=()
-for m in "${modules[@]}"; do
+# The scratch disk's, loaded only when it is attached (one initramfs
+# serves both). `modprobe --show-depends virtio_blk ext4` for 6.1, minus
+# crc32c-intel: crc32c_generic is enough, and the stage-1 insmod of a
+# driver whose CPU feature is missing would fail the boot.
+scratch_modules=(virtio_blk crc32c_generic crc16 mbcache jbd2 ext4)
+mod_names=() mod_files=() mod_lists=() list=modules
+for m in "${modules[@]}" - "${scratch_modules[@]}"; do
+	if [ "$m" = - ]; then
+		list=modules.scratch
+		continue
+	fi
 	f=$(grep -m1 -oE "^[^:]*/$m\.ko(\.xz|\.zst|\.gz)?:" "$moddir/modules.dep") || true
 	if [ -n "$f" ]; then
-		mod_names+=("$m") mod_files+=("$moddir/${f%:}")
+		mod_names+=("$m") mod_files+=("$moddir/${f%:}") mod_lists+=("$list")
 	elif ! grep -qE "/$m\.ko$" "$moddir/modules.builtin"; then
 		die "module $m not found for $kver"
 	fi
 done
 # Rebuilt when any input changes; bump layout= when the build steps change.
 key=$({
-	echo "layout=1 $kver ${mod_names[*]}"
+	echo "layout=2 $kver ${mod_names[*]} ${mod_lists[*]}"
 	cat "$here/init.sh" /bin/busybox "${mod_files[@]}"
 } | sha256sum | cut -c1-16)
 initrd=$cache/initramfs-$kver-$key.cpio.gz
@@ -105,7 +125,7 @@ if [ ! -s "$initrd" ]; then
 		*.gz) gzip -dc "${mod_files[i]}" >"$out" ;;
 		*) cp "${mod_files[i]}" "$out" ;;
 		esac
-		echo "${mod_names[i]}" >>"$root/etc/modules"
+		echo "${mod_names[i]}" >>"$root/etc/${mod_lists[i]}"
 	done
 	(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$cache/.initramfs.$$"
 	mv -f "$cache/.initramfs.$$" "$initrd" # atomic: concurrent runs see old or new
@@ -159,6 +179,11 @@ done
 			q "${!name}" && echo "export $name=$Q"
 		fi
 	done
+	if [ -n "$scratch" ]; then
+		# Where the harness makes its private containerds' dirs
+		# (integration/harness/daemon.go).
+		echo "export PRECOPY_CONTAINERD_DIR=/run/containerd"
+	fi
 	printf 'exec'
 	for a in "$@"; do q "$a" && printf ' %s' "$Q"; done
 	echo
@@ -174,6 +199,26 @@ case $PWD/ in
 	printf '%s\n' "$PWD" >"$share/workdir"
 	;;
 esac
+
+# --- the scratch disk (PRECOPY_VM_SCRATCH=ext4) --------------------------------
+# Sparse: the host stores only what the guest writes (a fresh ext4 is
+# ~130 MiB, its journal), and it goes with the temp dir. 16 GiB: the
+# periodic 1 GiB bench holds two checkpoint images in the content store,
+# one being written, the rounds with the kept image, and the final image
+# in the temp dir at once (~6 GiB), plus what GC has not yet freed.
+# mkfs.ext4 on a regular file needs no loop device; it zeroes the inode
+# tables by punching holes, so the guest's ext4lazyinit has nothing to do.
+# cache=unsafe: the image dies with the run, so flushes (containerd's
+# fsyncs of content, the journal's) need not reach the host's disk; the
+# guest's own page cache and ext4 work are what is measured.
+scratch_args=() append_scratch=
+if [ -n "$scratch" ]; then
+	command -v mkfs.ext4 >/dev/null || die "PRECOPY_VM_SCRATCH=ext4 needs mkfs.ext4 (e2fsprogs)"
+	truncate -s 16G "$tmp/scratch.img"
+	mkfs.ext4 -F -q -L precopy-scratch "$tmp/scratch.img" || die "mkfs.ext4 of the scratch disk failed"
+	scratch_args=(-drive "file=$tmp/scratch.img,if=virtio,format=raw,cache=unsafe")
+	append_scratch=" precopy.scratch=ext4" # stage 1 reads /proc/cmdline
+fi
 
 # --- boot ---------------------------------------------------------------------
 log=$tmp/console.log
@@ -203,11 +248,11 @@ setpriv --pdeathsig KILL -- qemu-system-x86_64 \
 	-accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
 	-nodefaults -no-user-config -display none -no-reboot -nic none \
 	-kernel "$kernel" -initrd "$initrd" \
-	-append "console=ttyS0 loglevel=1 panic=-1 softlockup_panic=1 watchdog_thresh=60" \
+	-append "console=ttyS0 loglevel=1 panic=-1 softlockup_panic=1 watchdog_thresh=60$append_scratch" \
 	-chardev "stdio,id=con,signal=off,logfile=$log" -serial chardev:con \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs "local,path=$share,mount_tag=results,security_model=none" \
-	"${workdir_share[@]}" \
+	"${workdir_share[@]}" "${scratch_args[@]}" \
 	</dev/null >&3 2>"$tmp/qemu.err" 6<&- &
 qpid=$!
 exec 3>&- 5>&- # qemu holds the only writers now: sed ends when qemu does
