@@ -93,19 +93,22 @@ modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
 # crc32c-intel: crc32c_generic is enough, and the stage-1 insmod of a
 # driver whose CPU feature is missing would fail the boot.
 scratch_modules=(virtio_blk crc32c_generic crc16 mbcache jbd2 ext4)
-mod_names=() mod_files=() mod_lists=() list=modules
-for m in "${modules[@]}" - "${scratch_modules[@]}"; do
-	if [ "$m" = - ]; then
-		list=modules.scratch
-		continue
-	fi
-	f=$(grep -m1 -oE "^[^:]*/$m\.ko(\.xz|\.zst|\.gz)?:" "$moddir/modules.dep") || true
-	if [ -n "$f" ]; then
-		mod_names+=("$m") mod_files+=("$moddir/${f%:}") mod_lists+=("$list")
-	elif ! grep -qE "/$m\.ko$" "$moddir/modules.builtin"; then
-		die "module $m not found for $kver"
-	fi
-done
+mod_names=() mod_files=() mod_lists=()
+# add_modules LIST MODULE...: into the initramfs, named in its /etc/LIST.
+add_modules() {
+	local list=$1 m f
+	shift
+	for m; do
+		f=$(grep -m1 -oE "^[^:]*/$m\.ko(\.xz|\.zst|\.gz)?:" "$moddir/modules.dep") || true
+		if [ -n "$f" ]; then
+			mod_names+=("$m") mod_files+=("$moddir/${f%:}") mod_lists+=("$list")
+		elif ! grep -qE "/$m\.ko$" "$moddir/modules.builtin"; then
+			die "module $m not found for $kver"
+		fi
+	done
+}
+add_modules modules "${modules[@]}"
+add_modules modules.scratch "${scratch_modules[@]}"
 # Rebuilt when any input changes; bump layout= when the build steps change.
 key=$({
 	echo "layout=2 $kver ${mod_names[*]} ${mod_lists[*]}"
