@@ -24,7 +24,8 @@ export PRECOPY_BIN_DIR := $(BIN)
 export PRECOPY_REQUIRE_STACK := 1
 
 # `make bench` measures the full matrix into docs/benchmarks;
-# `make bench SCENARIO=<name>` one scenario (see integration/bench).
+# `make bench SCENARIO=<name>` one scenario (see integration/bench); a
+# *-ext4 scenario runs with containerd's dirs on the VM's ext4 scratch disk.
 SCENARIO ?=
 # Extra bench flags, e.g. BENCH_FLAGS='-runs 5' or '-sizes 64,256'.
 BENCH_FLAGS ?=
@@ -73,6 +74,8 @@ fuzz:
 test-integration: build
 	go test -count=1 -v -timeout $(TEST_TIMEOUT) -run '$(RUN)' ./integration/ 2>&1 | tee $(OUT)/test-integration.log
 
+# PRECOPY_VM_SCRATCH=ext4 make test-vm: the harness's containerd dirs on an
+# ext4 disk instead of tmpfs (integration/vm/run.sh).
 test-vm: build
 	go test -c -o $(OUT)/integration.test ./integration/
 	bash integration/vm/run.sh -t 3300 -- $(OUT)/integration.test -test.v -test.count=1 \
