@@ -29,6 +29,24 @@ while read -r m; do
 	insmod "/lib/modules/$m.ko" || fail "insmod $m failed"
 done </etc/modules
 
+# The scratch disk (run.sh, PRECOPY_VM_SCRATCH=ext4): containerd's dir on
+# ext4, not tmpfs, moved onto /run/containerd once /run is there. Its
+# modules load only then; the disk's node appears once virtio_blk has
+# probed it.
+case " $(cat /proc/cmdline) " in
+*" precopy.scratch=ext4 "*)
+	if [ -f /etc/modules.scratch ]; then
+		while read -r m; do
+			insmod "/lib/modules/$m.ko" || fail "insmod $m failed"
+		done </etc/modules.scratch
+	fi
+	i=0
+	while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+	mkdir /scratch
+	mount -t ext4 /dev/vda /scratch || fail "cannot mount the scratch disk (ext4 on /dev/vda)"
+	;;
+esac
+
 opts=trans=virtio,version=9p2000.L,msize=512000
 r=/newroot
 mkdir -p /host /rw $r
@@ -58,22 +76,10 @@ mount -t cgroup2 -o nsdelegate cgroup2 $r/sys/fs/cgroup
 # host's must not show through). The results share lives under /run.
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs $r/run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $r/tmp
-# The scratch disk (run.sh, PRECOPY_VM_SCRATCH=ext4): containerd's dir on
-# ext4, not tmpfs. Its modules load only then; the disk's node appears
-# once virtio_blk has probed it.
-case " $(cat /proc/cmdline) " in
-*" precopy.scratch=ext4 "*)
-	if [ -f /etc/modules.scratch ]; then
-		while read -r m; do
-			insmod "/lib/modules/$m.ko" || fail "insmod $m failed"
-		done </etc/modules.scratch
-	fi
-	i=0
-	while [ ! -b $r/dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-	mkdir -p $r/run/containerd
-	mount -t ext4 $r/dev/vda $r/run/containerd || fail "cannot mount the scratch disk (ext4 on /dev/vda)"
-	;;
-esac
+if [ -d /scratch ]; then
+	mkdir $r/run/containerd
+	mount --move /scratch $r/run/containerd
+fi
 mkdir $r/run/precopy-vm
 mount -t 9p -o "$opts" results $r/run/precopy-vm || fail "cannot mount the results share"
 # A working directory under /tmp or /run, which the tmpfs above hide, comes
