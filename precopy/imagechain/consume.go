@@ -214,9 +214,10 @@ func planTakeovers(jobs []*pagemapJob, c *chain, anyFS bool) error {
 				break
 			}
 		}
-		// A fill read from the base file by another name would read it
-		// shifted (openPages' one-link check makes that impossible).
+		// A fill that reads the base file, by its name or another, would
+		// read it shifted.
 		if t.shift != nil {
+		fills:
 			for _, s := range t.shift.segs {
 				for _, op := range s.fill.ops {
 					fid, err := idOfCached(op.src)
@@ -225,6 +226,7 @@ func planTakeovers(jobs []*pagemapJob, c *chain, anyFS bool) error {
 					}
 					if fid == id {
 						t.shift = nil
+						break fills
 					}
 				}
 			}

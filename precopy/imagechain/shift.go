@@ -78,9 +78,10 @@ func (sp *shiftPlan) add(keep bool, off, parentOff, n int64) {
 // planTakeover does: a page the parent holds in its pages file is kept,
 // patched if dir has its own; any other is filled. Kept runs must take the
 // parent's pages in file order (both files are in address order, so they
-// do unless the parent's pagemap is not), fills must not read the parent's
-// pages file (it is being moved), and the plan must keep at least as many
-// bytes of the parent's as it writes.
+// do unless the parent's pagemap is not), and the plan must keep at least
+// as many bytes of the parent's as it writes. That no fill reads the
+// parent's pages file, which is being moved, by this name or another, is
+// planTakeovers' check (by inode).
 func planShift(img *pagemapImage, own *os.File, a *ancestorPagemap, plan *copyPlan, ps uint64) (*shiftPlan, string) {
 	sp := &shiftPlan{}
 	var out, ownOff int64 // offsets in the flat file and in own
@@ -137,9 +138,6 @@ func planShift(img *pagemapImage, own *os.File, a *ancestorPagemap, plan *copyPl
 		}
 		s.fill = plan.slice(s.off, s.off+s.n)
 		for _, op := range s.fill.ops {
-			if a.pages != nil && op.src == a.pages {
-				return nil, fmt.Sprintf("the flat file's pages at %d would be read from the parent's pages file while it is shifted", s.off)
-			}
 			if op.src != own {
 				sp.copied += op.n
 			}
