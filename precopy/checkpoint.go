@@ -185,8 +185,7 @@ func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 		return fmt.Errorf("flatten final image: %w", err)
 	}
 	f.report.FinalFlatten = f.e.Now().Sub(start)
-	final.FlattenTakenOver, final.FlattenCopied, final.FlattenCopyReason = res.PagesTakenOver, res.PagesCopied, res.TakeoverRefused
-	final.FlattenRangeShifts = res.RangeShifts
+	recordFlatten(final, res)
 	if res.TakeoverRefused != "" && !res.TakeoverLinkFailed {
 		f.e.Log.Infof("precopy: the final flatten copied %d pages of the last round (took over %d): %s", res.PagesCopied, res.PagesTakenOver, res.TakeoverRefused)
 	}

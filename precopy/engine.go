@@ -293,8 +293,7 @@ func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, err
 			return policy.Round{}, fmt.Errorf("flatten: %w", err)
 		}
 		round.Flatten = e.Now().Sub(f)
-		round.FlattenTakenOver, round.FlattenCopied, round.FlattenCopyReason = res.PagesTakenOver, res.PagesCopied, res.TakeoverRefused
-		round.FlattenRangeShifts = res.RangeShifts
+		recordFlatten(&round, res)
 		if res.TakeoverRefused != "" {
 			e.Log.Infof("precopy: round %d's flatten copied %d pages of the previous image (took over %d): %s", i, res.PagesCopied, res.PagesTakenOver, res.TakeoverRefused)
 		}
@@ -323,4 +322,12 @@ func dirBytes(dir string) int64 {
 		}
 	}
 	return n
+}
+
+// recordFlatten records in r (a round, or the final dump) what its
+// flatten did with the previous image: pages taken over or copied, why it
+// copied, the ranges it shifted.
+func recordFlatten(r *policy.Round, res imagechain.Result) {
+	r.FlattenTakenOver, r.FlattenCopied, r.FlattenCopyReason = res.PagesTakenOver, res.PagesCopied, res.TakeoverRefused
+	r.FlattenRangeShifts = res.RangeShifts
 }
