@@ -4,11 +4,15 @@ package shim
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/v2/pkg/identifiers"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
 	"github.com/precopy/precopy/precopy"
@@ -119,10 +123,15 @@ func roundsDir(base, bundle, ns, id string) string {
 // removeRoundsDir removes a container's dir under the configured rounds
 // dir, and its namespace's dir once empty. Nothing removes it otherwise:
 // containerd removes the bundle, not this. Without a rounds dir it is a
-// no-op (the bundle goes with the container).
+// no-op (the bundle goes with the container). The namespace and id become
+// path elements: they must be containerd identifiers (containerd checks
+// them; the shim checks what it joins into a host path it removes).
 func removeRoundsDir(base, ns, id string) error {
 	if base == "" {
 		return nil
+	}
+	if err := errors.Join(identifiers.Validate(ns), identifiers.Validate(id)); err != nil {
+		return fmt.Errorf("rounds dir under %s: %w: %w", base, err, errdefs.ErrInvalidArgument)
 	}
 	if err := os.RemoveAll(roundsDir(base, "", ns, id)); err != nil {
 		return err

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
-	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	pkgshim "github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/log"
@@ -54,7 +53,7 @@ func removeDeadShimRounds(ctx context.Context, id string) {
 		return
 	}
 	ns, ok := namespaces.Namespace(ctx)
-	if !ok || identifiers.Validate(ns) != nil || identifiers.Validate(id) != nil {
+	if !ok {
 		return
 	}
 	if err := removeRoundsDir(cs.RoundsDir, ns, id); err != nil {

@@ -19,14 +19,12 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
-	"github.com/containerd/containerd/v2/pkg/identifiers"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -261,22 +259,18 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 // clearRoundsDir makes sure a container created under a configured rounds
 // dir starts with none of its own there: a shim that died cannot have
 // removed its predecessor's (same namespace and id), and the engine must
-// never take a stale kept image for this task's. The namespace and id
-// become path elements: they must be containerd identifiers (containerd
-// checks them; a shim checks what it joins into a host path).
+// never take a stale kept image for this task's.
 func clearRoundsDir(ctx context.Context, base, ns, id string) error {
 	if base == "" {
 		return nil
 	}
-	if err := errors.Join(identifiers.Validate(ns), identifiers.Validate(id)); err != nil {
-		return fmt.Errorf("rounds dir under %s: %w: %w", base, err, errdefs.ErrInvalidArgument)
-	}
 	dir := roundsDir(base, "", ns, id)
-	if _, err := os.Lstat(dir); err == nil {
-		log.G(ctx).WithField("id", id).Warnf("precopy: removing %s, left by an earlier container of this id", dir)
-	}
-	if err := os.RemoveAll(dir); err != nil {
+	_, stale := os.Lstat(dir)
+	if err := removeRoundsDir(base, ns, id); err != nil {
 		return fmt.Errorf("clear rounds dir: %w", err)
+	}
+	if stale == nil {
+		log.G(ctx).WithField("id", id).Warnf("precopy: removed %s, left by an earlier container of this id", dir)
 	}
 	return nil
 }
