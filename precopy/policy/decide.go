@@ -14,7 +14,7 @@ type Decision struct {
 	Continue bool   `json:"continue"`
 	Reason   Reason `json:"reason"`
 	// PredictedFreeze is the freeze the policy expects of a final dump
-	// started now. After one round it is an upper bound (every page
+	// started now. After a full round 1 it is an upper bound (every page
 	// dirtied again), since no dirty rate is known yet.
 	PredictedFreeze time.Duration `json:"predicted_freeze_ns"`
 }
@@ -57,7 +57,8 @@ func Skip(cfg Config, memoryBytes uint64) (bool, Reason) {
 // when the rounds stopped shrinking by MinShrink (converged if what is left
 // to copy takes less than the fixed cost, not-shrinking otherwise); when
 // another round would cut the predicted final freeze by less than
-// MinShrink of it (little-gain); and then on MaxRounds, TimeBudget and
+// MinShrink of it (little-gain: from round 2 on, or after an incremental
+// round 1, which measures its own dirty rate); and then on MaxRounds, TimeBudget and
 // MemoryBudget. With FixedRounds set it
 // runs that many rounds, stopping earlier only on MemoryBudget, or once
 // TimeBudget is spent.
@@ -112,6 +113,10 @@ func Decide(cfg Config, rounds []Round, elapsed time.Duration) Decision {
 			}
 			return stop(ReasonNotShrinking)
 		}
+	}
+	// After round 2, or an incremental round 1 that counted what it
+	// dirtied (DirtyRate).
+	if rate, ok := DirtyRate(rounds); ok {
 		if gain := nextRoundGain(rounds, model, pages, rate); gain < seconds(cfg.MinShrink*predicted.Seconds()) {
 			return stop(ReasonLittleGain)
 		}
@@ -179,12 +184,12 @@ func nextRoundGain(rounds []Round, model CopyModel, pages uint64, rate float64) 
 
 // nextRoundTime is how long the next round is expected to take: the last
 // round's time outside copying memory (CRIU's start, freezing, the
-// parasite) plus copying the pages it will find dirty. After round 1 the
-// page count is unknown and the worst case would end every large
-// container's pre-copy at round 1, so round 2 is only held to the budget
-// already spent.
+// parasite) plus copying the pages it will find dirty. Until a dirty rate
+// is measured (after a full round 1) the page count is unknown and the
+// worst case would end every large container's pre-copy at round 1, so
+// round 2 is only held to the budget already spent.
 func nextRoundTime(rounds []Round, model CopyModel, pages uint64) time.Duration {
-	if len(rounds) < 2 {
+	if _, ok := DirtyRate(rounds); !ok {
 		return 0
 	}
 	last := rounds[len(rounds)-1]

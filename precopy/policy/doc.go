@@ -23,6 +23,9 @@
 //   - Round 1 writes every resident page: it measures bandwidth, never a
 //     dirty rate. A dirty rate needs two rounds, so after one round the
 //     policy can stop only on bounds that hold whatever the load does.
+//     An incremental round 1 (against the last checkpoint's image) is the
+//     exception: it writes what changed since, and the engine counts the
+//     soft-dirty pages right after it, which is a rate over a known time.
 //   - pages_written counts distinct pages, so it saturates at the working
 //     set: a long interval under-states the rate. Predictions therefore
 //     never scale a measured count down to a shorter time (the count over

@@ -73,6 +73,28 @@ func TestDirtyRate(t *testing.T) {
 	}
 }
 
+// TestDirtyRateIncrementalRoundOne: a round 1 that dumped against the last
+// checkpoint's image measures the rate itself, from the pages counted
+// dirty right after it; a full round 1 with the same count does not (the
+// stop rules after it were validated on rates from round 2), nor does an
+// incremental one whose count failed.
+func TestDirtyRateIncrementalRoundOne(t *testing.T) {
+	incremental := Round{PagesWritten: 27000, PagesSkippedParent: 235000, Dirtied: 6000, DirtiedAfter: 2 * time.Second}
+	if got, ok := DirtyRate([]Round{incremental}); !ok || got != 3000 {
+		t.Errorf("DirtyRate after an incremental round 1 = %v, %v; want 3000 pages/s (6000 over 2 s)", got, ok)
+	}
+	full := incremental
+	full.PagesWritten, full.PagesSkippedParent = synthResident, 0
+	if _, ok := DirtyRate([]Round{full}); ok {
+		t.Error("DirtyRate after a full round 1 with a count: ok, want no rate")
+	}
+	uncounted := incremental
+	uncounted.Dirtied, uncounted.DirtiedAfter = 0, 0
+	if _, ok := DirtyRate([]Round{uncounted}); ok {
+		t.Error("DirtyRate after an incremental round 1 without a count: ok, want no rate")
+	}
+}
+
 func TestTimeUntilFinal(t *testing.T) {
 	rounds, end := synth(synthResident, 5000)
 	last := rounds[1]
@@ -116,6 +138,14 @@ func TestPredictFinalPages(t *testing.T) {
 	}
 	if got := PredictFinalPages(rounds[:1], time.Second); got != 10000 {
 		t.Errorf("after one round: %d, want the worst case, every resident page", got)
+	}
+	// An incremental round 1 that counted 3000 pages dirtied over 1.5 s:
+	// scaled up to a longer time, never down.
+	incremental := []Round{{PagesWritten: 4000, PagesSkippedParent: 6000, Start: start, Wall: time.Second, Dirtied: 3000, DirtiedAfter: 1500 * time.Millisecond}}
+	for until, want := range map[time.Duration]uint64{time.Second: 3000, 3 * time.Second: 6000, time.Minute: 10000} {
+		if got := PredictFinalPages(incremental, until); got != want {
+			t.Errorf("after an incremental round 1, PredictFinalPages(until %v) = %d, want %d", until, got, want)
+		}
 	}
 	if got := PredictFinalPages(nil, time.Second); got != 0 {
 		t.Errorf("no rounds: %d", got)
