@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Incremental checkpoints (io.precopy.incremental). The engine keeps the
@@ -83,6 +85,50 @@ func (e *Engine) keep(image string, n int, dumped time.Time, inc *Incremental) {
 	}
 	e.kept = k
 	inc.Kept, inc.KeptBytes, inc.Keep = true, k.parent.Bytes, e.Now().Sub(start)
+	startWriteback(k.dir, e.Log)
+}
+
+// startWriteback starts writing the pages files in dir back to disk and
+// returns without waiting for the disk. The next checkpoint's first
+// flatten takes them over, and where pages were added or removed below
+// others it shifts ranges of the file (imagechain's range shifts, ext4
+// and XFS), before which ext4 writes back every dirty page from the shift
+// to the end of the file: natively here an insert into a clean 1 GiB file
+// took 12 ms, into one written seconds before ~1 s (1.2-1.5 s of round 1
+// under TCG). The kernel would write the pages back within its
+// dirty_expire (30 s) anyway; this only does it while nothing waits for
+// it, between two checkpoints, instead of inside the next one's rounds.
+// On tmpfs it does nothing. The files are opened here, so the next
+// checkpoint may take them over at any time; the writes are asked for in
+// a goroutine because sync_file_range blocks while the device's request
+// queue is full. Failures are only logged: they cost the next round time,
+// not correctness.
+func startWriteback(dir string, log Logger) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		log.Warnf("precopy: kept image writeback: %v", err)
+		return
+	}
+	var files []*os.File
+	for _, de := range entries {
+		if !strings.HasPrefix(de.Name(), "pages-") {
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, de.Name()))
+		if err != nil {
+			log.Warnf("precopy: kept image writeback: %v", err)
+			continue
+		}
+		files = append(files, f)
+	}
+	go func() {
+		for _, f := range files {
+			if err := unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE); err != nil {
+				log.Warnf("precopy: kept image writeback of %s: %v", f.Name(), err)
+			}
+			f.Close()
+		}
+	}()
 }
 
 func (e *Engine) linkKept(image string, n int, dumped time.Time) (*keptImage, error) {
