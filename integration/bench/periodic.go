@@ -252,6 +252,11 @@ func periodicDetails(r *precopy.Report) string {
 		if rd.FlattenRangeShifts > 0 {
 			s += fmt.Sprintf(" range_shifts=%d", rd.FlattenRangeShifts)
 		}
+		// Pages the load dirtied during the round: after an incremental
+		// round 1, the dirty rate the policy decides on.
+		if rd.DirtiedAfter > 0 {
+			s += fmt.Sprintf(" dirtied=%d dirtied_after=%.0f", rd.Dirtied, ms(rd.DirtiedAfter))
+		}
 		if rd.FlattenCopyReason != "" {
 			s += fmt.Sprintf(" copied_because=%q", rd.FlattenCopyReason)
 		}
