@@ -121,14 +121,18 @@ func startWriteback(dir string, log Logger) {
 		}
 		files = append(files, f)
 	}
-	go func() {
-		for _, f := range files {
-			if err := unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE); err != nil {
-				log.Warnf("precopy: kept image writeback of %s: %v", f.Name(), err)
-			}
-			f.Close()
+	go writeBack(files, log)
+}
+
+// writeBack asks for files' dirty pages to be written out (not waiting
+// for the disk) and closes them.
+func writeBack(files []*os.File, log Logger) {
+	for _, f := range files {
+		if err := unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE); err != nil {
+			log.Warnf("precopy: kept image writeback of %s: %v", f.Name(), err)
 		}
-	}()
+		f.Close()
+	}
 }
 
 func (e *Engine) linkKept(image string, n int, dumped time.Time) (*keptImage, error) {

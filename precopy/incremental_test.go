@@ -2,6 +2,7 @@ package precopy
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -257,5 +258,36 @@ func TestIncrementalOff(t *testing.T) {
 	}
 	if _, err := os.Stat(e.Dir); !os.IsNotExist(err) {
 		t.Errorf("engine dir left: %v", err)
+	}
+}
+
+// failLogger fails the test on a warning.
+type failLogger struct{ t *testing.T }
+
+func (l failLogger) Infof(format string, args ...any) { l.t.Logf("info: "+format, args...) }
+func (l failLogger) Warnf(format string, args ...any) { l.t.Errorf("warn: "+format, args...) }
+
+// TestWriteBackKeptPages: the kept image's writeback is asked for without
+// an error on a disk filesystem (the test's temp dir) and on tmpfs, where
+// it does nothing, and the files are closed after it.
+func TestWriteBackKeptPages(t *testing.T) {
+	dirs := []string{t.TempDir()}
+	if shm, err := os.MkdirTemp("/dev/shm", "precopy-writeback-"); err == nil {
+		t.Cleanup(func() { os.RemoveAll(shm) })
+		dirs = append(dirs, shm)
+	}
+	for _, dir := range dirs {
+		p := filepath.Join(dir, "pages-1.img")
+		if err := os.WriteFile(p, make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeBack([]*os.File{f}, failLogger{t})
+		if err := f.Close(); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("%s: after writeBack, Close = %v, want it closed already", dir, err)
+		}
 	}
 }
