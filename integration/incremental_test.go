@@ -1,6 +1,11 @@
 package integration
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -103,5 +108,58 @@ func logRounds(t *testing.T, what string, r *precopy.Report) {
 		f := r.Final
 		t.Logf("%s, final dump: %d pages written, %d skipped (parent), flatten %s: %d pages taken over, %d copied; copied because: %q",
 			what, f.PagesWritten, f.PagesSkippedParent, r.FinalFlatten, f.FlattenTakenOver, f.FlattenCopied, f.FlattenCopyReason)
+	}
+}
+
+// TestIncrementalRoundsDir: with the config file's rounds-dir, a
+// container's rounds and kept image live in <rounds-dir>/<namespace>/<id>,
+// not in its bundle: the first checkpoint's image is kept there, the
+// second checkpoint dumps against it and restores with every page
+// verified, and deleting the container removes its dir. It needs
+// pre-dump, so it runs in the VM tier.
+func TestIncrementalRoundsDir(t *testing.T) {
+	requireSoftDirty(t)
+	roundsDir := t.TempDir()
+	config := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf("rounds-dir = %q\n", roundsDir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startFaultDaemon(t, "roundsdir", harness.Options{Env: []string{"PRECOPY_CONFIG=" + config}})
+	ctx := testContext(t, d)
+	const id = "roundsdir-src"
+	task := runMemloadAnnotated(t, d, id, precopyshim.Runtime, incrementalOn, memloadArgs...)
+	own := filepath.Join(roundsDir, d.Namespace, id)
+	bundle := filepath.Dir(d.RootfsPath(id))
+
+	const ref1, ref2 = "precopy.test/checkpoint:roundsdir-1", "precopy.test/checkpoint:roundsdir-2"
+	checkpointCtr(t, ctx, d, id, ref1)
+	t.Cleanup(func() { d.RemoveImage(ctx, ref1) })
+	if _, err := os.Stat(filepath.Join(own, "kept", "inventory.img")); err != nil {
+		t.Fatalf("first checkpoint's image not kept in the rounds dir: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(bundle, "precopy")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("bundle's precopy dir: %v, want none with a rounds dir", err)
+	}
+	marked := queryMemload(t, ctx, task)
+	checkpointCtr(t, ctx, d, id, ref2)
+	t.Cleanup(func() { d.RemoveImage(ctx, ref2) })
+	second, err := harness.CheckpointReport(ctx, d.Client(), ref2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logRounds(t, "second checkpoint", second)
+	if inc := second.Incremental; inc == nil || inc.Parent == nil || inc.Parent.Number != 1 || inc.PagesFromParent == 0 {
+		t.Fatalf("second checkpoint: incremental %+v; want pages from checkpoint 1's kept image", inc)
+	}
+
+	removeContainer(t, d, id)
+	if _, err := os.Stat(own); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("after delete, %s: %v, want it removed", own, err)
+	}
+	restored := restoreCtr(t, ctx, d, "roundsdir-dst", ref2)
+	checkMemoryContinued(t, marked, queryMemload(t, ctx, restored))
+	removeContainer(t, d, "roundsdir-dst")
+	if entries, err := os.ReadDir(roundsDir); err != nil || len(entries) != 0 {
+		t.Errorf("rounds dir after both containers were deleted: %v, %v; want it empty", entries, err)
 	}
 }
