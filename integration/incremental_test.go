@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -38,16 +39,10 @@ func TestIncrementalCheckpointRestore(t *testing.T) {
 	task := runMemloadAnnotated(t, d, id, precopyshim.Runtime, incrementalOn, memloadArgs...)
 
 	const ref1, ref2 = "precopy.test/checkpoint:incremental-1", "precopy.test/checkpoint:incremental-2"
-	checkpointCtr(t, ctx, d, id, ref1)
-	t.Cleanup(func() { d.RemoveImage(ctx, ref1) })
-	first, err := harness.CheckpointReport(ctx, d.Client(), ref1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := checkpointReport(t, ctx, d, id, ref1, "first checkpoint")
 	if inc := first.Incremental; !first.PreCopied || inc == nil || !inc.Kept || inc.Parent != nil {
 		t.Fatalf("first checkpoint: pre-copied %v, incremental %+v; want pre-copied, kept, no parent", first.PreCopied, inc)
 	}
-	logRounds(t, "first checkpoint", first)
 
 	// The workload rewrites part of its memory: wait until it has
 	// rewritten as many pages as its hot set holds.
@@ -57,13 +52,7 @@ func TestIncrementalCheckpointRestore(t *testing.T) {
 	}
 	// A query marks the memory (its query count) between the two.
 	marked := queryMemload(t, ctx, task)
-	checkpointCtr(t, ctx, d, id, ref2)
-	t.Cleanup(func() { d.RemoveImage(ctx, ref2) })
-	second, err := harness.CheckpointReport(ctx, d.Client(), ref2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logRounds(t, "second checkpoint", second)
+	second := checkpointReport(t, ctx, d, id, ref2, "second checkpoint")
 	inc := second.Incremental
 	if !second.PreCopied || inc == nil || inc.Parent == nil || inc.Parent.Number != 1 || inc.Number != 2 {
 		t.Fatalf("second checkpoint: pre-copied %v, incremental %+v; want checkpoint 1 as parent", second.PreCopied, inc)
@@ -94,6 +83,21 @@ func TestIncrementalCheckpointRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	restoreSecond("incremental-dst-alone")
+}
+
+// checkpointReport checkpoints container id into image ref with ctr
+// (removed at the test's end), logs its rounds as what, and returns its
+// report.
+func checkpointReport(t *testing.T, ctx context.Context, d *harness.Daemon, id, ref, what string) *precopy.Report {
+	t.Helper()
+	checkpointCtr(t, ctx, d, id, ref)
+	t.Cleanup(func() { d.RemoveImage(ctx, ref) })
+	r, err := harness.CheckpointReport(ctx, d.Client(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logRounds(t, what, r)
+	return r
 }
 
 // logRounds logs what each round of checkpoint r wrote and what its
@@ -132,8 +136,7 @@ func TestIncrementalRoundsDir(t *testing.T) {
 	bundle := filepath.Dir(d.RootfsPath(id))
 
 	const ref1, ref2 = "precopy.test/checkpoint:roundsdir-1", "precopy.test/checkpoint:roundsdir-2"
-	checkpointCtr(t, ctx, d, id, ref1)
-	t.Cleanup(func() { d.RemoveImage(ctx, ref1) })
+	checkpointReport(t, ctx, d, id, ref1, "first checkpoint")
 	if _, err := os.Stat(filepath.Join(own, "kept", "inventory.img")); err != nil {
 		t.Fatalf("first checkpoint's image not kept in the rounds dir: %v", err)
 	}
@@ -141,13 +144,7 @@ func TestIncrementalRoundsDir(t *testing.T) {
 		t.Errorf("bundle's precopy dir: %v, want none with a rounds dir", err)
 	}
 	marked := queryMemload(t, ctx, task)
-	checkpointCtr(t, ctx, d, id, ref2)
-	t.Cleanup(func() { d.RemoveImage(ctx, ref2) })
-	second, err := harness.CheckpointReport(ctx, d.Client(), ref2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logRounds(t, "second checkpoint", second)
+	second := checkpointReport(t, ctx, d, id, ref2, "second checkpoint")
 	if inc := second.Incremental; inc == nil || inc.Parent == nil || inc.Parent.Number != 1 || inc.PagesFromParent == 0 {
 		t.Fatalf("second checkpoint: incremental %+v; want pages from checkpoint 1's kept image", inc)
 	}
