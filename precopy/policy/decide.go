@@ -58,10 +58,10 @@ func Skip(cfg Config, memoryBytes uint64) (bool, Reason) {
 // to copy takes less than the fixed cost, not-shrinking otherwise); when
 // another round would cut the predicted final freeze by less than
 // MinShrink of it (little-gain: from round 2 on, or after an incremental
-// round 1, which measures its own dirty rate); and then on MaxRounds, TimeBudget and
-// MemoryBudget. With FixedRounds set it
-// runs that many rounds, stopping earlier only on MemoryBudget, or once
-// TimeBudget is spent.
+// round 1, which measures its own dirty rate); and then on MaxRounds,
+// TimeBudget and MemoryBudget. With FixedRounds set it runs that many
+// rounds, stopping earlier only on MemoryBudget, or once TimeBudget is
+// spent.
 func Decide(cfg Config, rounds []Round, elapsed time.Duration) Decision {
 	k := len(rounds)
 	if cfg.FixedRounds > 0 {
@@ -96,8 +96,10 @@ func Decide(cfg Config, rounds []Round, elapsed time.Duration) Decision {
 	if last.DirtiedAfter > 0 && float64(last.Dirtied) >= keep*float64(last.resident()) {
 		return stop(ReasonCannotConverge)
 	}
+	// A dirty rate is known from round 2 on, or after an incremental
+	// round 1 that counted what it dirtied.
+	rate, measured := DirtyRate(rounds)
 	if k >= 2 {
-		rate, _ := DirtyRate(rounds)
 		// Round 1 wrote every resident page: a later round that wrote
 		// nearly as many did not shrink at all.
 		if float64(last.PagesWritten) >= keep*float64(last.resident()) ||
@@ -114,9 +116,7 @@ func Decide(cfg Config, rounds []Round, elapsed time.Duration) Decision {
 			return stop(ReasonNotShrinking)
 		}
 	}
-	// After round 2, or an incremental round 1 that counted what it
-	// dirtied (DirtyRate).
-	if rate, ok := DirtyRate(rounds); ok {
+	if measured {
 		if gain := nextRoundGain(rounds, model, pages, rate); gain < seconds(cfg.MinShrink*predicted.Seconds()) {
 			return stop(ReasonLittleGain)
 		}
