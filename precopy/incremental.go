@@ -93,11 +93,13 @@ func (e *Engine) keep(image string, n int, dumped time.Time, inc *Incremental) {
 // flatten takes them over, and where pages were added or removed below
 // others it shifts ranges of the file (imagechain's range shifts, ext4
 // and XFS), before which ext4 writes back every dirty page from the shift
-// to the end of the file: natively here an insert into a clean 1 GiB file
-// took 12 ms, into one written seconds before ~1 s (1.2-1.5 s of round 1
-// under TCG). The kernel would write the pages back within its
-// dirty_expire (30 s) anyway; this only does it while nothing waits for
-// it, between two checkpoints, instead of inside the next one's rounds.
+// to the end of the file: natively here (hack/shift-cost.sh) an insert
+// into a clean 1 GiB file took 20-67 ms, with 117 MiB dirty past the
+// offset 111-135 ms. (Under TCG dropping the file's page cache dominates
+// instead, and this does not help there.) The kernel would write the
+// pages back within its dirty_expire (30 s) anyway; this only does it
+// while nothing waits for it, between two checkpoints, instead of inside
+// the next one's rounds.
 // On tmpfs it does nothing. The files are opened here, so the next
 // checkpoint may take them over at any time; the writes are asked for in
 // a goroutine because sync_file_range blocks while the device's request
