@@ -162,7 +162,13 @@ func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 		return fmt.Errorf("final dump on pre-copied rounds: %w", err)
 	}
 	if f.thawed && f.report.Thaw != nil {
+		if r.chainedTo != "" {
+			f.report.Thaw.AfterThaw = append(f.report.Thaw.AfterThaw, fmt.Sprintf("flatten of round %d", len(f.report.Rounds)))
+		}
 		f.report.Thaw.AfterThaw = append(f.report.Thaw.AfterThaw, "flatten of the final dump with the last round", "report")
+	}
+	if err := f.flattenDeferred(r); err != nil {
+		return err
 	}
 	final := f.report.Final
 	if measured {
@@ -192,6 +198,28 @@ func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 	final.ImageBytes = dirBytes(f.cp.ImageDir)
 	f.e.Log.Infof("precopy: checkpoint done: %d rounds, final freeze %s (predicted %s), %d pages, flatten %s",
 		len(f.report.Rounds), final.Freeze(), f.report.Stop.PredictedFreeze, final.PagesWritten, f.report.FinalFlatten)
+	return nil
+}
+
+// flattenDeferred runs the last round's flatten that waited for the final
+// dump (Engine.deferLastFlatten), so that the final flatten resolves one
+// level, taking over the round's pages as it does when the round was
+// flattened before: CRIU wrote the final dump on the chain, and neither
+// reads it now.
+func (f *finalDump) flattenDeferred(r *Rounds) error {
+	if r.chainedTo == "" {
+		return nil
+	}
+	last := &f.report.Rounds[len(f.report.Rounds)-1]
+	last.FlattenAfterDump = true
+	if !f.thawed && f.report.Trigger == TriggerPause {
+		f.e.Log.Infof("precopy: round %d's flatten runs inside the freeze: the checkpoint did not thaw early", last.Index)
+	}
+	if err := f.e.flattenLast(r, last); err != nil {
+		// The final dump's parent chain may have lost pages to the
+		// takeover: the image must not be handed out.
+		return fmt.Errorf("flatten round %d after the final dump: %w", last.Index, err)
+	}
 	return nil
 }
 

@@ -2,12 +2,15 @@ package precopy
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/precopy/precopy/precopy/imagechain"
 	"github.com/precopy/precopy/precopy/policy"
 )
 
@@ -52,7 +55,7 @@ func TestCheckpointRecorded(t *testing.T) {
 	rounds, final, _ := recorded(t, "low-dirty-256m")
 	f := &fakeCRIU{rounds: rounds, finals: []policy.Round{final}}
 	e := newFakeEngine(t, f, tcgConfig())
-	r := e.PreCopy(t.Context(), TriggerPause, nil)
+	r := e.PreCopy(t.Context(), TriggerPause, nil, false)
 	if n := len(r.Report.Rounds); !r.PreCopied() || n < 2 || n > 3 ||
 		!slices.Contains([]policy.Reason{policy.ReasonTargetMet, policy.ReasonConverged}, r.Report.Stop.Reason) {
 		t.Fatalf("pre-copied %v, %d rounds, stop %+v; want 2-3 rounds, target met or converged", r.PreCopied(), n, r.Report.Stop)
@@ -86,7 +89,7 @@ func TestCheckpointCannotConvergeIsOneShot(t *testing.T) {
 	rounds, _, oneShot := recorded(t, "write-all-256m")
 	f := &fakeCRIU{rounds: rounds, finals: []policy.Round{oneShot}}
 	e := newFakeEngine(t, f, tcgConfig())
-	r := e.PreCopy(t.Context(), TriggerCheckpoint, nil)
+	r := e.PreCopy(t.Context(), TriggerCheckpoint, nil, false)
 	if r.PreCopied() || r.Report.PreCopied || !strings.Contains(r.Report.Skipped, "cannot-converge after 2 rounds") || len(r.Report.Rounds) != 2 {
 		t.Fatalf("report %+v, want one-shot after 2 rounds for cannot-converge", r.Report)
 	}
@@ -127,7 +130,7 @@ func TestCheckpointFallsBackOneShot(t *testing.T) {
 			f := &fakeCRIU{rounds: synthetic(2), finals: twoFinals(), failFinal: tc.failFinal}
 			e := newFakeEngine(t, f, fixed(2))
 			e.Flatten = flattenParent(tc.flatten)
-			r := e.PreCopy(t.Context(), TriggerPause, nil)
+			r := e.PreCopy(t.Context(), TriggerPause, nil, false)
 			report, err := e.Checkpoint(t.Context(), r, f.checkpoint)
 			if err != nil {
 				t.Fatal(err)
@@ -171,7 +174,7 @@ func TestCheckpointNotRedone(t *testing.T) {
 			cp.Exit = tc.exit
 			var afterDumps int
 			cp.AfterDump = func(context.Context) bool { afterDumps++; return tc.thaw }
-			_, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil), cp)
+			_, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil, false), cp)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}
@@ -198,7 +201,7 @@ func TestCheckpointOneShotFails(t *testing.T) {
 func TestCheckpointThawedEarly(t *testing.T) {
 	f := &fakeCRIU{rounds: synthetic(1), finals: synthetic(1)}
 	e := newFakeEngine(t, f, fixed(1))
-	r := e.PreCopy(t.Context(), TriggerPause, nil)
+	r := e.PreCopy(t.Context(), TriggerPause, nil, false)
 	r.Report.Thaw = &Thaw{Reason: "test"}
 	cp := f.checkpoint
 	var afterDumps int
@@ -255,5 +258,122 @@ func TestReadDumpStatsRefusesBadFiles(t *testing.T) {
 func TestResidentBytes(t *testing.T) {
 	if n := ResidentBytes([]int{os.Getpid(), 1 << 30}); n == 0 {
 		t.Error("this process has no resident memory")
+	}
+}
+
+// secondCheckpoint is a fake engine of fixed(2) rounds whose task was
+// checkpointed once (leave-running), ready for its second checkpoint, and
+// the flattens it runs from then on, each with the number of final dumps
+// done before it.
+func secondCheckpoint(t *testing.T, failOn string) (*Engine, *fakeCRIU, *[]string) {
+	t.Helper()
+	f := &fakeCRIU{rounds: synthetic(2), finals: synthetic(1)}
+	e := newFakeEngine(t, f, fixed(2))
+	checkpointInto(t, e, f, "image1")
+	var flattens []string
+	flatten := flattenParent(failOn)
+	e.Flatten = func(dir, within string) (imagechain.Result, error) {
+		flattens = append(flattens, fmt.Sprintf("%s after %d dumps", filepath.Base(dir), len(f.parents)))
+		f.clock.now = f.clock.now.Add(time.Millisecond)
+		return flatten(dir, within)
+	}
+	return e, f, &flattens
+}
+
+// TestCheckpointDefersLastFlatten: when the container will run again right
+// after the final dump, the last round stays chained to the one before
+// while the container is frozen, and its flatten runs after the thaw,
+// before the final flatten; the report says so.
+func TestCheckpointDefersLastFlatten(t *testing.T) {
+	e, f, flattens := secondCheckpoint(t, "")
+	r := e.PreCopy(t.Context(), TriggerPause, nil, true)
+	if _, err := os.Readlink(filepath.Join(r.image, "parent")); err != nil || len(*flattens) != 0 {
+		t.Fatalf("last round's parent link: %v; flattens %q: want none before the final dump", err, *flattens)
+	}
+	if rd := r.Report.Rounds[1]; rd.Flatten != 0 || rd.ImageBytes != dirBytes(r.image) {
+		t.Errorf("unflattened round 2: %+v; want no flatten and its own size (%d)", rd, dirBytes(r.image))
+	}
+	r.Report.Thaw = &Thaw{Reason: "test"}
+	cp := f.checkpoint
+	cp.ImageDir = filepath.Join(filepath.Dir(cp.ImageDir), "image2")
+	if err := os.Mkdir(cp.ImageDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f.checkpoint = cp
+	cp.AfterDump = func(context.Context) bool { return true }
+	report, err := e.Checkpoint(t.Context(), r, cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReport(t, e, cp, report)
+	if want := []string{"round-2 after 2 dumps", "image2 after 2 dumps"}; !slices.Equal(*flattens, want) {
+		t.Errorf("flattens %q, want %q", *flattens, want)
+	}
+	if want := []string{"flatten of round 2", "flatten of the final dump with the last round", "report"}; !slices.Equal(report.Thaw.AfterThaw, want) {
+		t.Errorf("after the thaw %q, want %q", report.Thaw.AfterThaw, want)
+	}
+	if rd := report.Rounds[1]; !rd.FlattenAfterDump || rd.Flatten == 0 || report.Rounds[0].FlattenAfterDump {
+		t.Errorf("rounds %+v: want round 2's flatten after the dump, measured", report.Rounds)
+	}
+}
+
+// TestCheckpointFlattensBeforeTheFreeze: the last round is flattened before
+// the freeze when the caller does not expect the container to run right
+// after the final dump, and on a task's first checkpoint, which may be one
+// that stops it (a client pauses before either).
+func TestCheckpointFlattensBeforeTheFreeze(t *testing.T) {
+	for name, first := range map[string]bool{"not expected to run": false, "first checkpoint": true} {
+		t.Run(name, func(t *testing.T) {
+			f := &fakeCRIU{rounds: synthetic(2), finals: synthetic(1)}
+			e := newFakeEngine(t, f, fixed(2))
+			if !first {
+				checkpointInto(t, e, f, "image1")
+			}
+			r := e.PreCopy(t.Context(), TriggerPause, nil, first)
+			defer r.Discard()
+			if _, err := os.Lstat(filepath.Join(r.image, "parent")); !os.IsNotExist(err) || r.Report.Rounds[1].FlattenAfterDump {
+				t.Errorf("last round not flattened before the freeze: %v, %+v", err, r.Report.Rounds[1])
+			}
+		})
+	}
+}
+
+// TestCheckpointDeferredFlattenFails: a deferred flatten that fails after
+// the thaw fails the checkpoint (not redone: the container ran on), and
+// hands out no image; before a thaw that did not come it is redone
+// one-shot, as a failed final flatten is.
+func TestCheckpointDeferredFlattenFails(t *testing.T) {
+	for name, thaw := range map[string]bool{"thawed": true, "not thawed": false} {
+		t.Run(name, func(t *testing.T) {
+			e, f, _ := secondCheckpoint(t, "round-2")
+			f.finals = twoFinals()
+			r := e.PreCopy(t.Context(), TriggerPause, nil, true)
+			cp := f.checkpoint
+			cp.ImageDir = filepath.Join(filepath.Dir(cp.ImageDir), "image2")
+			if err := os.Mkdir(cp.ImageDir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			f.checkpoint = cp
+			cp.AfterDump = func(context.Context) bool { return thaw }
+			report, err := e.Checkpoint(t.Context(), r, cp)
+			if thaw {
+				if err == nil || !strings.Contains(err.Error(), "flatten round 2 after the final dump") || !strings.Contains(err.Error(), "not redone") {
+					t.Fatalf("error %v; want the deferred flatten's, not redone", err)
+				}
+				if _, err := os.Stat(filepath.Join(cp.ImageDir, ReportFile)); !os.IsNotExist(err) {
+					t.Errorf("a failed checkpoint wrote its report: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkReport(t, e, cp, report)
+			// The first checkpoint's final dump, this one's on the rounds,
+			// and its one-shot redo.
+			if !strings.Contains(report.FellBack, "flatten round 2 after the final dump") || len(f.parents) != 3 || f.parents[1] == "" || f.parents[2] != "" {
+				t.Errorf("fell back %q, final dumps on %q; want the deferred flatten's error and a one-shot dump", report.FellBack, f.parents)
+			}
+		})
 	}
 }

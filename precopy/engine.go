@@ -150,12 +150,17 @@ func (e *Engine) Skip(trigger Trigger, why string) *Rounds {
 // have no image and the report says why, and the checkpoint is one-shot.
 // A round whose CRIU died is thawed, so the container is never left
 // frozen.
-func (e *Engine) PreCopy(ctx context.Context, trigger Trigger, interrupt <-chan struct{}) *Rounds {
+//
+// runsAfterDump says the caller expects the container to run again right
+// after the final dump (an early thaw, or a leave-running dump of a task
+// nobody paused). Then, for a task checkpointed before, the last round's
+// flatten waits until after the final dump (see deferLastFlatten).
+func (e *Engine) PreCopy(ctx context.Context, trigger Trigger, interrupt <-chan struct{}, runsAfterDump bool) *Rounds {
 	cfg, why := e.plan(ctx)
 	if why != "" {
 		return e.Skip(trigger, why)
 	}
-	r, err := e.run(ctx, cfg, interrupt)
+	r, err := e.run(ctx, cfg, interrupt, e.deferLastFlatten(runsAfterDump))
 	if err != nil {
 		e.Runtime.RecoverFailedDump(ctx)
 		return e.Skip(trigger, err.Error())
@@ -180,6 +185,25 @@ func (e *Engine) PreCopy(ctx context.Context, trigger Trigger, interrupt <-chan 
 	e.Log.Infof("precopy: pre-copy done: %d rounds in %s, stopped: %s, predicted final freeze %s",
 		len(r.Report.Rounds), r.Report.PreCopy, stop.Reason, stop.PredictedFreeze)
 	return r
+}
+
+// deferLastFlatten says whether the last round's flatten should wait until
+// after the final dump. The flatten makes the round stand alone (the
+// final flatten then resolves one level); it costs the most in the round
+// that dumped against the last checkpoint's kept image, whose pages file
+// it shifts when pages were added or removed below others (seconds under
+// TCG). Run before the freeze, it lengthens pre-copy, and the final dump
+// writes what the load dirtied meanwhile; run after the final dump, while
+// the container runs again, it costs neither. If the container does not
+// run again then (a client that stops it, or a pause the user holds), the
+// flatten lands inside the freeze: so only a caller's expectation that
+// it will run (runsAfterDump) defers it, and only for a task checkpointed
+// before: a checkpoint that stops its task (nerdctl's default; the client
+// pauses first, so the shim cannot tell at the Pause) is the task's last,
+// so a task checkpointed before was left running by it, as periodic
+// checkpoints are.
+func (e *Engine) deferLastFlatten(runsAfterDump bool) bool {
+	return runsAfterDump && e.checkpoints > 0
 }
 
 // plan is the policy the rounds run under, or why there are none: the
@@ -214,7 +238,13 @@ func (e *Engine) plan(ctx context.Context) (policy.Config, string) {
 
 // run pre-dumps until the policy stops it, ctx ends, or a round fails. On
 // failure it removes what it wrote and returns the error.
-func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan struct{}) (_ *Rounds, retErr error) {
+//
+// With deferLast, a round is flattened once the policy has decided to run
+// another (before that one dumps on it); the last one is left chained to
+// its parent for the final dump (finalDump.flattenDeferred). The policy
+// then sees the unflattened round's own bytes as what it added (an upper
+// bound: a flatten that takes its parent's pages over holds less).
+func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan struct{}, deferLast bool) (_ *Rounds, retErr error) {
 	// Each pre-copy has a dir of its own: rounds discarded late (a
 	// timer's) never take a newer pre-copy's with them.
 	if err := os.MkdirAll(e.Dir, 0o700); err != nil {
@@ -242,6 +272,11 @@ func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan st
 		if err != nil {
 			return nil, fmt.Errorf("pre-copy round %d: %w", i, err)
 		}
+		if !deferLast {
+			if err := e.flattenLast(r, &round); err != nil {
+				return nil, fmt.Errorf("pre-copy round %d: %w", i, err)
+			}
+		}
 		r.Report.Rounds = append(r.Report.Rounds, round)
 		d := policy.Decide(cfg, r.Report.Rounds, e.Now().Sub(start))
 		select {
@@ -251,13 +286,19 @@ func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan st
 		}
 		if !d.Continue {
 			r.Report.Stop, r.Report.PreCopy = &d, e.Now().Sub(start)
+			if r.chainedTo != "" {
+				e.Log.Infof("precopy: round %d's flatten waits until after the final dump", i)
+			}
 			return r, nil
+		}
+		if err := e.flattenLast(r, &r.Report.Rounds[len(r.Report.Rounds)-1]); err != nil {
+			return nil, fmt.Errorf("pre-copy round %d: %w", i, err)
 		}
 	}
 }
 
-// round runs round i on top of r's image, flattens it and makes it r's
-// image.
+// round runs round i on top of r's image and makes it r's image, chained
+// to the previous one until flattenLast.
 func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, error) {
 	d := Dirs{Image: filepath.Join(r.dir, fmt.Sprintf("round-%d", i)), Work: filepath.Join(r.dir, fmt.Sprintf("work-%d", i))}
 	for _, dir := range []string{d.Image, d.Work} {
@@ -284,29 +325,44 @@ func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, err
 			round.Dirtied, round.DirtiedAfter = n, e.Now().Sub(begin)
 		}
 	}
-	// Flatten now, while the container runs, so that the final dump's
-	// parent stands alone and the frozen flatten resolves one level only.
-	if d.Parent != "" {
-		f := e.Now()
-		res, err := e.Flatten(d.Image, r.dir)
-		if err != nil {
-			return policy.Round{}, fmt.Errorf("flatten: %w", err)
-		}
-		round.Flatten = e.Now().Sub(f)
-		recordFlatten(&round, res)
-		if res.TakeoverRefused != "" {
-			e.Log.Infof("precopy: round %d's flatten copied %d pages of the previous image (took over %d): %s", i, res.PagesCopied, res.PagesTakenOver, res.TakeoverRefused)
-		}
-		// The previous round is now redundant (and consumed): every page
-		// it held is in this one.
-		if err := os.RemoveAll(r.image); err != nil {
-			return policy.Round{}, err
-		}
-	}
-	round.ImageBytes = dirBytes(d.Image) - r.held
+	// Until it is flattened the rounds hold the round's own files on top
+	// of its parent's.
+	round.ImageBytes = dirBytes(d.Image)
 	r.held += round.ImageBytes
-	r.image = d.Image
+	r.chainedTo, r.image = r.image, d.Image
 	return round, nil
+}
+
+// flattenLast makes r's last round (round, its statistics) stand alone, so
+// that the next dump's parent does and the flatten after it resolves one
+// level only, and removes the round before it; nothing when it is flat.
+// Before the final dump it runs while the container runs.
+func (e *Engine) flattenLast(r *Rounds, round *policy.Round) error {
+	if r.chainedTo == "" {
+		return nil
+	}
+	f := e.Now()
+	res, err := e.Flatten(r.image, r.dir)
+	if err != nil {
+		return fmt.Errorf("flatten: %w", err)
+	}
+	round.Flatten = e.Now().Sub(f)
+	recordFlatten(round, res)
+	if res.TakeoverRefused != "" {
+		e.Log.Infof("precopy: round %d's flatten copied %d pages of the previous image (took over %d): %s", round.Index, res.PagesCopied, res.PagesTakenOver, res.TakeoverRefused)
+	}
+	// The previous round is now redundant (and consumed): every page it
+	// held is in this one.
+	if err := os.RemoveAll(r.chainedTo); err != nil {
+		return err
+	}
+	r.chainedTo = ""
+	// What the round added is now the growth of the flat image over its
+	// parent's.
+	before := r.held - round.ImageBytes
+	r.held = dirBytes(r.image)
+	round.ImageBytes = r.held - before
+	return nil
 }
 
 // dirBytes is the size of the regular files in dir.

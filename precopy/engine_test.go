@@ -17,7 +17,7 @@ import (
 func TestPreCopyChainsRoundsAndFlattensWhileRunning(t *testing.T) {
 	f := &fakeCRIU{rounds: synthetic(3)}
 	e := newFakeEngine(t, f, fixed(3))
-	r := e.PreCopy(t.Context(), TriggerPause, nil)
+	r := e.PreCopy(t.Context(), TriggerPause, nil, false)
 	if !r.PreCopied() || len(r.Report.Rounds) != 3 || r.Report.Stop.Reason != policy.ReasonFixedRounds {
 		t.Fatalf("pre-copied %v, report %+v", r.PreCopied(), r.Report)
 	}
@@ -54,7 +54,7 @@ func TestPreCopyChainsRoundsAndFlattensWhileRunning(t *testing.T) {
 func TestPreCopyFailedRoundThawsAndLeavesNothing(t *testing.T) {
 	f := &fakeCRIU{rounds: synthetic(3), failPreDump: 2}
 	e := newFakeEngine(t, f, fixed(3))
-	r := e.PreCopy(t.Context(), TriggerCheckpoint, nil)
+	r := e.PreCopy(t.Context(), TriggerCheckpoint, nil, false)
 	if r.PreCopied() || !strings.Contains(r.Report.Skipped, "pre-copy round 2: criu died") || r.Report.PreCopied {
 		t.Fatalf("report %+v", r.Report)
 	}
@@ -93,7 +93,7 @@ func TestPreCopySkips(t *testing.T) {
 				ctx, cancel = context.WithDeadline(ctx, f.clock.now.Add(tc.deadline))
 				defer cancel()
 			}
-			r := e.PreCopy(ctx, TriggerPause, nil)
+			r := e.PreCopy(ctx, TriggerPause, nil, false)
 			if !strings.HasPrefix(r.Report.Skipped, tc.want) || r.PreCopied() == (tc.want != "") {
 				t.Errorf("skipped %q (pre-copied %v), want %q", r.Report.Skipped, r.PreCopied(), tc.want)
 			}
@@ -105,7 +105,7 @@ func TestPreCopyStopsWhenContextEnds(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	e := newFakeEngine(t, &fakeCRIU{rounds: synthetic(1)}, fixed(5))
-	if r := e.PreCopy(ctx, TriggerPause, nil); r.PreCopied() || !strings.Contains(r.Report.Skipped, "context canceled") {
+	if r := e.PreCopy(ctx, TriggerPause, nil, false); r.PreCopied() || !strings.Contains(r.Report.Skipped, "context canceled") {
 		t.Fatalf("report %+v, want skipped for the cancelled context", r.Report)
 	}
 }
@@ -113,7 +113,7 @@ func TestPreCopyStopsWhenContextEnds(t *testing.T) {
 func TestPreCopyInterruptEndsAfterTheRoundInProgress(t *testing.T) {
 	f := &fakeCRIU{rounds: synthetic(1), interruptAt: 2, interrupt: make(chan struct{})}
 	e := newFakeEngine(t, f, fixed(5))
-	r := e.PreCopy(t.Context(), TriggerPause, f.interrupt)
+	r := e.PreCopy(t.Context(), TriggerPause, f.interrupt, false)
 	if len(r.Report.Rounds) != 2 || r.Report.Stop.Reason != policy.ReasonInterrupted || !r.PreCopied() {
 		t.Errorf("rounds %d, stop %+v; want 2 rounds, interrupted", len(r.Report.Rounds), r.Report.Stop)
 	}
@@ -123,8 +123,8 @@ func TestPreCopyInterruptEndsAfterTheRoundInProgress(t *testing.T) {
 // them) leave a later pre-copy's rounds alone.
 func TestDiscardIsTheRoundsOwn(t *testing.T) {
 	e := newFakeEngine(t, &fakeCRIU{rounds: synthetic(1)}, fixed(1))
-	old := e.PreCopy(t.Context(), TriggerPause, nil)
-	newer := e.PreCopy(t.Context(), TriggerPause, nil)
+	old := e.PreCopy(t.Context(), TriggerPause, nil, false)
+	newer := e.PreCopy(t.Context(), TriggerPause, nil, false)
 	if err := old.Discard(); err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +206,7 @@ func TestRoundsRecordWhatTheirFlattenDid(t *testing.T) {
 		res.Flattened = true
 		return res, nil
 	}
-	report, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil), f.checkpoint)
+	report, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil, false), f.checkpoint)
 	if err != nil {
 		t.Fatal(err)
 	}

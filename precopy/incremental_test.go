@@ -40,7 +40,7 @@ func checkpointInto(t *testing.T, e *Engine, f *fakeCRIU, name string) (*Report,
 		t.Fatal(err)
 	}
 	f.checkpoint = cp
-	report, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil), cp)
+	report, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil, false), cp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestIncrementalNoParent(t *testing.T) {
 		},
 		"rounds discarded": {
 			between: func(t *testing.T, e *Engine, f *fakeCRIU) {
-				if err := e.PreCopy(t.Context(), TriggerPause, nil).Discard(); err != nil {
+				if err := e.PreCopy(t.Context(), TriggerPause, nil, false).Discard(); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -204,7 +204,7 @@ func TestIncrementalNoParent(t *testing.T) {
 				os.Mkdir(cp.ImageDir, 0o700)
 				cp.Exit = true
 				f.checkpoint = cp
-				r, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil), cp)
+				r, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil, false), cp)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -40,7 +40,7 @@ func (s *Service) pause(ctx context.Context, c *container, r *taskAPI.PauseReque
 	// for its Checkpoint) leaves them to that client.
 	var rounds *precopy.Rounds
 	if c.phase != paused {
-		rounds = s.prepare(ctx, c, precopy.TriggerPause, why)
+		rounds = s.prepare(ctx, c, precopy.TriggerPause, why, c.mayThawEarly(p))
 	}
 	resp, err := s.TTRPCTaskService.Pause(ctx, r)
 	if err != nil {
@@ -73,17 +73,18 @@ func (s *Service) taskRunning(ctx context.Context, c *container) (running bool, 
 
 // prepare is what a checkpoint does before it freezes the task: pre-copy
 // rounds (or the report of why there are none), then the report's account
-// of its network namespace (a few ms), both while the task runs. Callers
-// hold c.mu.
-func (s *Service) prepare(ctx context.Context, c *container, trigger precopy.Trigger, notRunning string) *precopy.Rounds {
-	r := s.preCopy(ctx, c, trigger, notRunning)
+// of its network namespace (a few ms), both while the task runs.
+// runsAfterDump says whether the task is expected to run again right after
+// the final dump (see precopy.Engine.PreCopy). Callers hold c.mu.
+func (s *Service) prepare(ctx context.Context, c *container, trigger precopy.Trigger, notRunning string, runsAfterDump bool) *precopy.Rounds {
+	r := s.preCopy(ctx, c, trigger, notRunning, runsAfterDump)
 	r.Report.Network = s.readNetwork(ctx, c)
 	return r
 }
 
 // preCopy runs pre-copy rounds on c, or says in the report why not (notRunning,
 // if not "", is why the task cannot be pre-copied). Callers hold c.mu.
-func (s *Service) preCopy(ctx context.Context, c *container, trigger precopy.Trigger, notRunning string) *precopy.Rounds {
+func (s *Service) preCopy(ctx context.Context, c *container, trigger precopy.Trigger, notRunning string, runsAfterDump bool) *precopy.Rounds {
 	if c.settings.Mode != settings.ModeAlways {
 		return c.engine.Skip(trigger, fmt.Sprintf("pre-copy mode is %q", c.settings.Mode))
 	}
@@ -95,7 +96,7 @@ func (s *Service) preCopy(ctx context.Context, c *container, trigger precopy.Tri
 	}
 	s.criuOptions(c.spec.ownNetns)
 	defer c.rounds.end()
-	return c.engine.PreCopy(ctx, trigger, c.rounds.start())
+	return c.engine.PreCopy(ctx, trigger, c.rounds.start(), runsAfterDump)
 }
 
 // resume is Resume of a container the shim serves.
@@ -147,8 +148,10 @@ func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.Check
 	// checkpoints a running task), decide now.
 	rounds := c.take()
 	if rounds == nil {
+		// Nobody paused the task: a leave-running dump freezes it only
+		// while CRIU dumps.
 		_, why := s.taskRunning(ctx, c)
-		rounds = s.prepare(ctx, c, precopy.TriggerCheckpoint, why)
+		rounds = s.prepare(ctx, c, precopy.TriggerCheckpoint, why, !opts.Exit)
 	}
 	rounds.Report.CRIUOptions = criuOptions
 	decision, thaw := c.earlyThaw(opts.Exit, s.now())

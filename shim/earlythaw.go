@@ -139,17 +139,29 @@ func (p pauseRecord) window() time.Duration {
 // user holds, "" if it is the checkpoint's own.
 func (c *container) userPause(now time.Time) string {
 	p := c.pause
-	switch {
-	case p.frozenAt.IsZero():
+	if p.frozenAt.IsZero() {
 		return "the shim did not pause the container for this checkpoint"
-	case !p.frozeRunning:
-		return "the Pause before the checkpoint found the task already paused: a pause the user holds"
-	case p.lookedAt.IsZero() || p.arrived.Sub(p.lookedAt) > stateBeforePause:
-		return fmt.Sprintf("no client looked at the task (State: running) within %s before the Pause, as checkpointing clients do: a pause the user holds", stateBeforePause)
+	}
+	if why := p.heldByUser(); why != "" {
+		return why
+	}
+	switch {
 	case c.states.pausedSince(p.arrived):
 		return "a client saw the task paused (State) between the Pause and the checkpoint: a pause the user holds"
 	case now.Sub(p.frozenAt) > p.window():
 		return fmt.Sprintf("the checkpoint came %s after the pause, later than a client's checkpoint does (%s): a pause the user holds", now.Sub(p.frozenAt).Round(time.Millisecond), p.window())
+	}
+	return ""
+}
+
+// heldByUser says why Pause p may be one the user holds as far as the
+// Pause itself shows (rule (a)), "" if it looks like a checkpoint's own.
+func (p pauseRecord) heldByUser() string {
+	switch {
+	case !p.frozeRunning:
+		return "the Pause before the checkpoint found the task already paused: a pause the user holds"
+	case p.lookedAt.IsZero() || p.arrived.Sub(p.lookedAt) > stateBeforePause:
+		return fmt.Sprintf("no client looked at the task (State: running) within %s before the Pause, as checkpointing clients do: a pause the user holds", stateBeforePause)
 	}
 	return ""
 }
@@ -186,20 +198,37 @@ func (c *container) earlyThaw(exit bool, now time.Time) (thawDecision, *precopy.
 	if why := c.userPause(now); why != "" {
 		return no(why)
 	}
+	d, why := c.rootfsThaw()
+	t.Reason = why
+	return d, t
+}
+
+// rootfsThaw is what c's settings and rootfs allow of an early thaw once
+// its pause is the checkpoint's own, and why.
+func (c *container) rootfsThaw() (thawDecision, string) {
 	switch {
-	case mode == settings.EarlyThawForce:
-		t.Reason = "io.precopy.early-thaw is force: writes after the dump may reach the rw-layer diff"
-		return thawYes, t
+	case c.settings.EarlyThaw == settings.EarlyThawForce:
+		return thawYes, "io.precopy.early-thaw is force: writes after the dump may reach the rw-layer diff"
 	case c.spec.readonlyRootfs:
-		t.Reason = "the rootfs is read-only: the rw-layer diff cannot change after the dump"
-		return thawYes, t
+		return thawYes, "the rootfs is read-only: the rw-layer diff cannot change after the dump"
 	case c.upper == "":
-		return no("the rootfs is writable and its writable layer is unknown (not one overlay or bind mount): the client's rw-layer diff must see it frozen")
+		return thawNo, "the rootfs is writable and its writable layer is unknown (not one overlay or bind mount): the client's rw-layer diff must see it frozen"
 	case c.pinner == nil:
-		return no("the rootfs is writable and pins are off (io.precopy.pin-limit is 0): the client's rw-layer diff must see it frozen")
+		return thawNo, "the rootfs is writable and pins are off (io.precopy.pin-limit is 0): the client's rw-layer diff must see it frozen"
 	}
-	t.Reason = "the rootfs is writable: thaw once its writable layer is pinned"
-	return thawIfPinned, t
+	return thawIfPinned, "the rootfs is writable: thaw once its writable layer is pinned"
+}
+
+// mayThawEarly says whether the checkpoint Pause p freezes c for may thaw
+// early, as far as the Pause can tell: the rest of earlyThaw's rule (a
+// Checkpoint that leaves the task running, within the pause's window, no
+// client seeing it paused before, the pin) is known at the Checkpoint.
+func (c *container) mayThawEarly(p pauseRecord) bool {
+	if c.settings.EarlyThaw == settings.EarlyThawNever || p.heldByUser() != "" {
+		return false
+	}
+	d, _ := c.rootfsThaw()
+	return d != thawNo
 }
 
 // mayThawWritable says whether a checkpoint of c could thaw it early with

@@ -243,3 +243,69 @@ func TestDaemonStateAfterStart(t *testing.T) {
 		}
 	})
 }
+
+// TestLastFlattenWaitsForTheThaw: the Pause tells the engine whether the
+// checkpoint will thaw early, as far as it can know: on a task
+// checkpointed before, ctr's checkpoint runs the last round's flatten
+// after the thaw; a Pause with no look at the task before it (a pause the
+// user holds) and a rootfs the diff must see frozen keep it before the
+// freeze.
+func TestLastFlattenWaitsForTheThaw(t *testing.T) {
+	for name, tc := range map[string]struct {
+		readonly, look bool
+		want           bool
+	}{
+		"ctr's checkpoint, read-only rootfs":     {readonly: true, look: true, want: true},
+		"a pause the user holds":                 {readonly: true},
+		"writable rootfs whose layer is unknown": {look: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, nil, tc.readonly)
+			if !tc.readonly {
+				h.container().upper = "" // not one overlay: no pin, no early thaw
+			}
+			h.ctrCheckpoint()
+			h.now = h.now.Add(stateBeforePause + time.Second) // the first checkpoint's look is old
+			if tc.look {
+				h.look()
+			}
+			if err := h.pause(); err != nil {
+				t.Fatal(err)
+			}
+			report, err := h.checkpoint(&options.CheckpointOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			last := report.Rounds[len(report.Rounds)-1]
+			if last.FlattenAfterDump != tc.want || report.Rounds[0].FlattenAfterDump {
+				t.Errorf("rounds %+v: want the last round's flatten after the dump: %v", report.Rounds, tc.want)
+			}
+			if got := slicesHasPrefix(report.Thaw.AfterThaw, "flatten of round"); got != tc.want {
+				t.Errorf("after the thaw %q (%s)", report.Thaw.AfterThaw, report.Thaw.Reason)
+			}
+			if err := h.resume(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestLastFlattenOfAnUnpausedCheckpoint: a Checkpoint nobody paused the
+// task for runs pre-copy itself; the task runs again right after a
+// leave-running dump, so its last flatten waits for it, but not when the
+// dump stops the task.
+func TestLastFlattenOfAnUnpausedCheckpoint(t *testing.T) {
+	for name, exit := range map[string]bool{"leave running": false, "exit": true} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, nil, true)
+			h.ctrCheckpoint()
+			report, err := h.checkpoint(&options.CheckpointOptions{Exit: exit})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if last := report.Rounds[len(report.Rounds)-1]; last.FlattenAfterDump == exit || report.Trigger != "checkpoint" {
+				t.Errorf("trigger %s, rounds %+v: want the last flatten after the dump: %v", report.Trigger, report.Rounds, !exit)
+			}
+		})
+	}
+}

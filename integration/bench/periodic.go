@@ -252,6 +252,9 @@ func periodicDetails(r *precopy.Report) string {
 		if rd.FlattenRangeShifts > 0 {
 			s += fmt.Sprintf(" range_shifts=%d", rd.FlattenRangeShifts)
 		}
+		if rd.FlattenAfterDump {
+			s += " flatten_after_final_dump"
+		}
 		// Pages the load dirtied during the round: after an incremental
 		// round 1, the dirty rate the policy decides on.
 		if rd.DirtiedAfter > 0 {

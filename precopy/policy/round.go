@@ -45,12 +45,19 @@ type Round struct {
 	// ImageBytes is how many bytes this round added to the images that
 	// pre-copy holds. For a plain parent chain that is the round's image
 	// size; an engine that flattens each round into one image set and
-	// removes the previous one reports the growth, not the flat size. For
-	// a final dump: the size of the checkpoint's flat image.
+	// removes the previous one reports the growth, not the flat size (the
+	// round's own size until it is flattened: the policy decides on that
+	// when the last round's flatten waits for the final dump). For a final
+	// dump: the size of the checkpoint's flat image.
 	ImageBytes int64 `json:"image_bytes"`
 	// Flatten is what making this round stand alone cost, while the
-	// container ran. The policy does not read it.
+	// container ran (but see FlattenAfterDump). The policy does not read
+	// it.
 	Flatten time.Duration `json:"flatten_ns"`
+	// FlattenAfterDump: the round was the last, and its flatten ran after
+	// the final dump (outside the freeze when the container ran again
+	// right after it) rather than before the freeze.
+	FlattenAfterDump bool `json:"flatten_after_final_dump,omitempty"`
 	// FlattenTakenOver and FlattenCopied are the pages of the previous
 	// image the round's flatten took over (its pages file became the
 	// round's, the round's own pages written into it) and copied;

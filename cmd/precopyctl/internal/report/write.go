@@ -137,6 +137,9 @@ func (p *printer) rounds(r *precopy.Report) {
 		if rd.FlattenCopyReason != "" {
 			p.line("", "round %d's flatten copied: %s", rd.Index, rd.FlattenCopyReason)
 		}
+		if rd.FlattenAfterDump {
+			p.line("", "round %d's flatten ran after the final dump", rd.Index)
+		}
 	}
 }
 
