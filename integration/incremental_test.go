@@ -13,6 +13,7 @@ import (
 
 	"github.com/precopy/precopy/integration/harness"
 	"github.com/precopy/precopy/precopy"
+	"github.com/precopy/precopy/precopy/policy"
 	"github.com/precopy/precopy/precopy/settings"
 	precopyshim "github.com/precopy/precopy/shim"
 )
@@ -63,6 +64,16 @@ func TestIncrementalCheckpointRestore(t *testing.T) {
 	if inc.PagesFromParent == 0 || round1.PagesWritten >= first.Rounds[0].PagesWritten {
 		t.Errorf("second checkpoint's round 1 wrote %d pages, took %d from its parent: not incremental", round1.PagesWritten, inc.PagesFromParent)
 	}
+	// A task's first checkpoint flattens every round before the freeze
+	// (it could be one that stops the task); the second's last round
+	// waits for the final dump when the checkpoint thaws early, and the
+	// restore below reads what that flatten made.
+	if lastRound(first).FlattenAfterDump {
+		t.Error("first checkpoint: the last round's flatten ran after the final dump")
+	}
+	if th := second.Thaw; th == nil || th.Early != lastRound(second).FlattenAfterDump {
+		t.Errorf("second checkpoint: thaw %+v, last round's flatten after the final dump: %v; want both or neither", th, lastRound(second).FlattenAfterDump)
+	}
 
 	if err := syscall.Kill(int(task.Pid()), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -100,13 +111,24 @@ func checkpointReport(t *testing.T, ctx context.Context, d *harness.Daemon, id, 
 	return r
 }
 
-// logRounds logs what each round of checkpoint r wrote and what its
-// flatten took over or copied of the previous image, and why.
+// lastRound is r's last pre-copy round.
+func lastRound(r *precopy.Report) policy.Round {
+	if len(r.Rounds) == 0 {
+		return policy.Round{}
+	}
+	return r.Rounds[len(r.Rounds)-1]
+}
+
+// logRounds logs what each round of checkpoint r wrote, what its flatten
+// took over or copied of the previous image, why, and when it ran.
 func logRounds(t *testing.T, what string, r *precopy.Report) {
 	t.Helper()
 	for _, rd := range r.Rounds {
-		t.Logf("%s, round %d: %d pages written, %d skipped (parent), flatten %s: %d pages taken over, %d copied; copied because: %q",
-			what, rd.Index, rd.PagesWritten, rd.PagesSkippedParent, rd.Flatten, rd.FlattenTakenOver, rd.FlattenCopied, rd.FlattenCopyReason)
+		t.Logf("%s, round %d: %d pages written, %d skipped (parent), flatten %s (after the final dump: %v): %d pages taken over, %d copied; copied because: %q",
+			what, rd.Index, rd.PagesWritten, rd.PagesSkippedParent, rd.Flatten, rd.FlattenAfterDump, rd.FlattenTakenOver, rd.FlattenCopied, rd.FlattenCopyReason)
+	}
+	if th := r.Thaw; th != nil {
+		t.Logf("%s, thaw: early %v (%s), after it: %q", what, th.Early, th.Reason, th.AfterThaw)
 	}
 	if r.Final != nil {
 		f := r.Final

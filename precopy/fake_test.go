@@ -143,11 +143,21 @@ func flattenParent(failOn string) Flattener {
 	}
 }
 
-// testLogger logs to the test.
-type testLogger struct{ t *testing.T }
+// testLogger logs to the test; with failOnWarn a warning fails it.
+type testLogger struct {
+	t          *testing.T
+	failOnWarn bool
+}
 
 func (l testLogger) Infof(format string, args ...any) { l.t.Logf("info: "+format, args...) }
-func (l testLogger) Warnf(format string, args ...any) { l.t.Logf("warn: "+format, args...) }
+
+func (l testLogger) Warnf(format string, args ...any) {
+	if l.failOnWarn {
+		l.t.Errorf("warn: "+format, args...)
+		return
+	}
+	l.t.Logf("warn: "+format, args...)
+}
 
 // newFakeEngine is an engine on f with rounds under a temp dir, checkpoints
 // into image (made by the test), and a policy of fixed rounds.
@@ -161,7 +171,7 @@ func newFakeEngine(t *testing.T, f *fakeCRIU, cfg policy.Config) *Engine {
 		f.pids = []int{os.Getpid()}
 	}
 	dir := t.TempDir()
-	e := New(f, cfg, "always", filepath.Join(dir, "bundle", "precopy"), testLogger{t})
+	e := New(f, cfg, "always", filepath.Join(dir, "bundle", "precopy"), testLogger{t: t})
 	e.Stats, e.Flatten, e.Now = readStats, flattenParent(""), f.clock.Now
 	image := filepath.Join(dir, "image")
 	if err := os.Mkdir(image, 0o700); err != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -57,7 +58,9 @@ const keptDirName = "kept"
 // keptImage is the memory part of a checkpoint's image, kept as the next
 // pre-copy's parent.
 type keptImage struct {
-	dir    string
+	dir string
+	// names are the files in dir.
+	names  []string
 	parent Parent
 }
 
@@ -65,8 +68,12 @@ type keptImage struct {
 // dump against it as parent reads: the inventory (dump_uptime, for the
 // pid-reuse check), the pagemaps and the pages.
 func keptFile(name string) bool {
-	return name == "inventory.img" ||
-		(strings.HasPrefix(name, "pagemap-") || strings.HasPrefix(name, "pages-")) && strings.HasSuffix(name, ".img")
+	return name == "inventory.img" || pagesFile(name) || strings.HasPrefix(name, "pagemap-") && strings.HasSuffix(name, ".img")
+}
+
+// pagesFile says whether a file of a CRIU image dir holds pages.
+func pagesFile(name string) bool {
+	return strings.HasPrefix(name, "pages-") && strings.HasSuffix(name, ".img")
 }
 
 // keep keeps the memory files of checkpoint image dir image, checkpoint
@@ -85,10 +92,10 @@ func (e *Engine) keep(image string, n int, dumped time.Time, inc *Incremental) {
 	}
 	e.kept = k
 	inc.Kept, inc.KeptBytes, inc.Keep = true, k.parent.Bytes, e.Now().Sub(start)
-	startWriteback(k.dir, e.Log)
+	startWriteback(k, e.Log)
 }
 
-// startWriteback starts writing the pages files in dir back to disk and
+// startWriteback starts writing the pages files of kept image k back to disk and
 // returns without waiting for the disk. The next checkpoint's first
 // flatten takes them over, and where pages were added or removed below
 // others it shifts ranges of the file (imagechain's range shifts, ext4
@@ -105,18 +112,13 @@ func (e *Engine) keep(image string, n int, dumped time.Time, inc *Incremental) {
 // a goroutine because sync_file_range blocks while the device's request
 // queue is full. Failures are only logged: they cost the next round time,
 // not correctness.
-func startWriteback(dir string, log Logger) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		log.Warnf("precopy: kept image writeback: %v", err)
-		return
-	}
+func startWriteback(k *keptImage, log Logger) {
 	var files []*os.File
-	for _, de := range entries {
-		if !strings.HasPrefix(de.Name(), "pages-") {
+	for _, name := range k.names {
+		if !pagesFile(name) {
 			continue
 		}
-		f, err := os.Open(filepath.Join(dir, de.Name()))
+		f, err := os.Open(filepath.Join(k.dir, name))
 		if err != nil {
 			log.Warnf("precopy: kept image writeback: %v", err)
 			continue
@@ -154,7 +156,7 @@ func (e *Engine) linkKept(image string, n int, dumped time.Time) (*keptImage, er
 		}
 		names, bytes = append(names, de.Name()), bytes+info.Size()
 	}
-	if !containsInventory(names) {
+	if !slices.Contains(names, "inventory.img") {
 		return nil, fmt.Errorf("%s holds no inventory.img", image)
 	}
 	if e.KeepBudget > 0 && uint64(bytes) > e.KeepBudget {
@@ -178,16 +180,7 @@ func (e *Engine) linkKept(image string, n int, dumped time.Time) (*keptImage, er
 		os.RemoveAll(tmp)
 		return nil, err
 	}
-	return &keptImage{dir: dir, parent: Parent{Number: n, DumpedAt: dumped, Bytes: bytes}}, nil
-}
-
-func containsInventory(names []string) bool {
-	for _, n := range names {
-		if n == "inventory.img" {
-			return true
-		}
-	}
-	return false
+	return &keptImage{dir: dir, names: names, parent: Parent{Number: n, DumpedAt: dumped, Bytes: bytes}}, nil
 }
 
 // linkOrCopy links src to dst, or copies it where they are on different

@@ -261,12 +261,6 @@ func TestIncrementalOff(t *testing.T) {
 	}
 }
 
-// failLogger fails the test on a warning.
-type failLogger struct{ t *testing.T }
-
-func (l failLogger) Infof(format string, args ...any) { l.t.Logf("info: "+format, args...) }
-func (l failLogger) Warnf(format string, args ...any) { l.t.Errorf("warn: "+format, args...) }
-
 // TestWriteBackKeptPages: the kept image's writeback is asked for without
 // an error on a disk filesystem (the test's temp dir) and on tmpfs, where
 // it does nothing, and the files are closed after it.
@@ -285,7 +279,7 @@ func TestWriteBackKeptPages(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		writeBack([]*os.File{f}, failLogger{t})
+		writeBack([]*os.File{f}, testLogger{t: t, failOnWarn: true})
 		if err := f.Close(); !errors.Is(err, os.ErrClosed) {
 			t.Errorf("%s: after writeBack, Close = %v, want it closed already", dir, err)
 		}
