@@ -95,8 +95,8 @@ func (e *Engine) keep(image string, n int, dumped time.Time, inc *Incremental) {
 	startWriteback(k, e.Log)
 }
 
-// startWriteback starts writing the pages files of kept image k back to disk and
-// returns without waiting for the disk. The next checkpoint's first
+// startWriteback starts writing the pages files of kept image k back to
+// disk and returns without waiting for it. The next checkpoint's first
 // flatten takes them over, and where pages were added or removed below
 // others it shifts ranges of the file (imagechain's range shifts, ext4
 // and XFS), before which ext4 writes back every dirty page from the shift
