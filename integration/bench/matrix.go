@@ -256,14 +256,23 @@ func about(sizes, storageSizes []int, runs, cells int) []string {
 }
 
 func memTotal() string {
+	kib, ok := meminfoKiB("MemTotal")
+	if !ok {
+		return "RAM unknown"
+	}
+	return fmt.Sprintf("%.1f GiB RAM", float64(kib)/(1<<20))
+}
+
+// meminfoKiB is field of /proc/meminfo, in KiB.
+func meminfoKiB(field string) (int64, bool) {
 	b, _ := os.ReadFile("/proc/meminfo")
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
-			kib, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			return fmt.Sprintf("%.1f GiB RAM", float64(kib)/(1<<20))
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			kib, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kib, err == nil
 		}
 	}
-	return "RAM unknown"
+	return 0, false
 }
 
 // render turns a matrix run's output (log) into docs (dir).

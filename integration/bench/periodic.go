@@ -40,6 +40,10 @@ type periodicPoint struct {
 	// pause is the client's, Pause to Resume.
 	pause  time.Duration
 	report *precopy.Report
+	// unwrittenKiB is the page cache not yet on disk (meminfo's Dirty and
+	// Writeback) when the Pause returned, the container frozen for its
+	// final dump: the writeback the kernel does during it.
+	unwrittenKiB int64
 }
 
 // recovery is the restore at the end of an incremental series: from the
@@ -88,8 +92,8 @@ func runPeriodic(ctx context.Context, name string, sc scenario, runs int) (retEr
 				return fmt.Errorf("run %d (incremental %v): %w", i, incremental, err)
 			}
 			for k, pt := range series {
-				fmt.Printf("run=%d incremental=%v checkpoint=%d pages=%d precopy_ms=%.0f freeze_ms=%.0f pause_ms=%.0f%s\n",
-					i, incremental, k+1, pt.pages, ms(pt.preCopy), ms(pt.freeze), ms(pt.pause), periodicDetails(pt.report))
+				fmt.Printf("run=%d incremental=%v checkpoint=%d pages=%d precopy_ms=%.0f freeze_ms=%.0f pause_ms=%.0f unwritten_at_freeze_mib=%.0f%s\n",
+					i, incremental, k+1, pt.pages, ms(pt.preCopy), ms(pt.freeze), ms(pt.pause), float64(pt.unwrittenKiB)/1024, periodicDetails(pt.report))
 			}
 			if incremental {
 				fmt.Printf("run=%d recovery_ms=%.0f lost_ms=%.0f verified=%v\n", i, ms(rec.took), ms(rec.lost), rec.verified)
@@ -145,7 +149,7 @@ func periodicSeries(ctx context.Context, env *harness.Env, id string, incrementa
 		case <-time.After(p.gap):
 		}
 		ref := fmt.Sprintf("precopy.bench/%s:%d", id, k)
-		pause, err := checkpointLikeCtr(ctx, d.Client(), id, ref)
+		pause, unwritten, err := checkpointLikeCtr(ctx, d.Client(), id, ref)
 		if err != nil {
 			return nil, recovery{}, fmt.Errorf("checkpoint %d: %w", k, err)
 		}
@@ -154,7 +158,7 @@ func periodicSeries(ctx context.Context, env *harness.Env, id string, incrementa
 		if err != nil {
 			return nil, recovery{}, err
 		}
-		pt := periodicPoint{preCopy: r.PreCopy, pause: pause, report: r}
+		pt := periodicPoint{preCopy: r.PreCopy, pause: pause, report: r, unwrittenKiB: unwritten}
 		for _, rd := range r.Rounds {
 			pt.pages += rd.PagesWritten
 		}
@@ -180,23 +184,26 @@ func periodicSeries(ctx context.Context, env *harness.Env, id string, incrementa
 
 // checkpointLikeCtr checkpoints container id into image ref with the
 // client calls `ctr c checkpoint --task --rw` makes, and returns the
-// client's pause (Pause to the end of Resume).
-func checkpointLikeCtr(ctx context.Context, c *containerd.Client, id, ref string) (time.Duration, error) {
+// client's pause (Pause to the end of Resume) and the page cache not yet
+// written back when the Pause returned (KiB).
+func checkpointLikeCtr(ctx context.Context, c *containerd.Client, id, ref string) (time.Duration, int64, error) {
 	ctr, err := c.LoadContainer(ctx, id)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	task, err := ctr.Task(ctx, nil)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	start := time.Now()
 	if err := task.Pause(ctx); err != nil {
-		return 0, fmt.Errorf("pause: %w", err)
+		return 0, 0, fmt.Errorf("pause: %w", err)
 	}
+	dirty, _ := meminfoKiB("Dirty")
+	writeback, _ := meminfoKiB("Writeback")
 	_, cerr := ctr.Checkpoint(ctx, ref, containerd.WithCheckpointRuntime, containerd.WithCheckpointRW, containerd.WithCheckpointTask)
 	rerr := task.Resume(ctx)
-	return time.Since(start), errors.Join(cerr, rerr)
+	return time.Since(start), dirty + writeback, errors.Join(cerr, rerr)
 }
 
 // killAndRestore kills container id's workload, waits for containerd to
