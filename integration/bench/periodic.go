@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -154,9 +155,20 @@ func periodicSeries(ctx context.Context, env *harness.Env, id string, incrementa
 			return nil, recovery{}, fmt.Errorf("checkpoint %d: %w", k, err)
 		}
 		refs = append(refs, ref)
-		r, err := harness.CheckpointReport(ctx, d.Client(), ref)
+		cp, err := harness.ReadCheckpoint(ctx, d.Client(), ref, "dump.log")
 		if err != nil {
 			return nil, recovery{}, err
+		}
+		r := cp.Report
+		if r == nil {
+			return nil, recovery{}, fmt.Errorf("checkpoint %s has no %s", ref, precopy.ReportFile)
+		}
+		if *logDir != "" {
+			// The final dump's CRIU log, which the shim copied into the
+			// image: where its freeze went.
+			if err := os.WriteFile(filepath.Join(*logDir, fmt.Sprintf("%s-%d-dump.log", id, k)), cp.Files["dump.log"], 0o644); err != nil {
+				return nil, recovery{}, err
+			}
 		}
 		pt := periodicPoint{preCopy: r.PreCopy, pause: pause, report: r, unwrittenKiB: unwritten}
 		for _, rd := range r.Rounds {

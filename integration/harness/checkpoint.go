@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -23,10 +24,18 @@ type Checkpoint struct {
 	Entries []*tar.Header
 	// Report is precopy's report, nil if the image has none.
 	Report *precopy.Report
+	// Files are the contents of the top-level files the reader was asked
+	// to keep (CRIU's dump.log, which precopy copies into the image).
+	Files map[string][]byte
 }
 
-// ReadCheckpoint reads the CRIU image tar of checkpoint image ref.
-func ReadCheckpoint(ctx context.Context, c *containerd.Client, ref string) (*Checkpoint, error) {
+// maxKeptFile bounds a file ReadCRIUTar keeps: CRIU's log of a final dump
+// is a few MiB.
+const maxKeptFile = 64 << 20
+
+// ReadCheckpoint reads the CRIU image tar of checkpoint image ref,
+// keeping the contents of the files named keep.
+func ReadCheckpoint(ctx context.Context, c *containerd.Client, ref string, keep ...string) (*Checkpoint, error) {
 	img, err := c.GetImage(ctx, ref)
 	if err != nil {
 		return nil, err
@@ -49,7 +58,7 @@ func ReadCheckpoint(ctx context.Context, c *containerd.Client, ref string) (*Che
 	if criuTar == nil {
 		return nil, fmt.Errorf("checkpoint %s has no CRIU image tar", ref)
 	}
-	cp, err := ReadCRIUTar(ctx, store, *criuTar)
+	cp, err := ReadCRIUTar(ctx, store, *criuTar, keep...)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", ref, err)
 	}
@@ -61,8 +70,8 @@ var ErrNotCRIUTar = errors.New("not a CRIU image tar")
 
 // ReadCRIUTar reads the CRIU image tar desc from store (a descriptor of
 // a checkpoint image's index, or one the task service's Checkpoint
-// returned).
-func ReadCRIUTar(ctx context.Context, store content.Provider, desc ocispec.Descriptor) (*Checkpoint, error) {
+// returned), keeping the contents of the top-level files named keep.
+func ReadCRIUTar(ctx context.Context, store content.Provider, desc ocispec.Descriptor, keep ...string) (*Checkpoint, error) {
 	if desc.MediaType != images.MediaTypeContainerd1Checkpoint {
 		return nil, fmt.Errorf("%s (%s): %w", desc.Digest, desc.MediaType, ErrNotCRIUTar)
 	}
@@ -82,11 +91,22 @@ func ReadCRIUTar(ctx context.Context, store content.Provider, desc ocispec.Descr
 			return nil, fmt.Errorf("CRIU tar: %w", err)
 		}
 		cp.Entries = append(cp.Entries, h)
-		if strings.TrimPrefix(h.Name, "./") == precopy.ReportFile {
+		name := strings.TrimPrefix(h.Name, "./")
+		switch {
+		case name == precopy.ReportFile:
 			cp.Report = &precopy.Report{}
 			if err := json.NewDecoder(tr).Decode(cp.Report); err != nil {
 				return nil, fmt.Errorf("%s: %w", precopy.ReportFile, err)
 			}
+		case slices.Contains(keep, name) && h.Typeflag == tar.TypeReg:
+			b, err := io.ReadAll(io.LimitReader(tr, maxKeptFile))
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			if cp.Files == nil {
+				cp.Files = make(map[string][]byte)
+			}
+			cp.Files[name] = b
 		}
 	}
 }
