@@ -294,12 +294,7 @@ func TestCheckpointDefersLastFlatten(t *testing.T) {
 		t.Errorf("unflattened round 2: %+v; want no flatten and its own size (%d)", rd, dirBytes(r.image))
 	}
 	r.Report.Thaw = &Thaw{Reason: "test"}
-	cp := f.checkpoint
-	cp.ImageDir = filepath.Join(filepath.Dir(cp.ImageDir), "image2")
-	if err := os.Mkdir(cp.ImageDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	f.checkpoint = cp
+	cp := nextImage(t, f, "image2")
 	cp.AfterDump = func(context.Context) bool { return true }
 	report, err := e.Checkpoint(t.Context(), r, cp)
 	if err != nil {
@@ -348,12 +343,7 @@ func TestCheckpointDeferredFlattenFails(t *testing.T) {
 			e, f, _ := secondCheckpoint(t, "round-2")
 			f.finals = twoFinals()
 			r := e.PreCopy(t.Context(), TriggerPause, nil, true)
-			cp := f.checkpoint
-			cp.ImageDir = filepath.Join(filepath.Dir(cp.ImageDir), "image2")
-			if err := os.Mkdir(cp.ImageDir, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			f.checkpoint = cp
+			cp := nextImage(t, f, "image2")
 			cp.AfterDump = func(context.Context) bool { return thaw }
 			report, err := e.Checkpoint(t.Context(), r, cp)
 			if thaw {

@@ -34,17 +34,25 @@ func incrementalEngine(t *testing.T) (*Engine, *fakeCRIU) {
 // into a new image dir under the test's temp dir.
 func checkpointInto(t *testing.T, e *Engine, f *fakeCRIU, name string) (*Report, string) {
 	t.Helper()
+	cp := nextImage(t, f, name)
+	report, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil, false), cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return report, cp.ImageDir
+}
+
+// nextImage makes f's checkpoint go into a new image dir, name, under the
+// test's temp dir, and returns it.
+func nextImage(t *testing.T, f *fakeCRIU, name string) Checkpoint {
+	t.Helper()
 	cp := f.checkpoint
 	cp.ImageDir = filepath.Join(filepath.Dir(f.checkpoint.ImageDir), name)
 	if err := os.Mkdir(cp.ImageDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	f.checkpoint = cp
-	report, err := e.Checkpoint(t.Context(), e.PreCopy(t.Context(), TriggerPause, nil, false), cp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return report, cp.ImageDir
+	return cp
 }
 
 func inode(t *testing.T, p string) uint64 {
