@@ -161,15 +161,10 @@ func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 	if err != nil {
 		return fmt.Errorf("final dump on pre-copied rounds: %w", err)
 	}
-	if f.thawed && f.report.Thaw != nil {
-		if r.chainedTo != "" {
-			f.report.Thaw.AfterThaw = append(f.report.Thaw.AfterThaw, fmt.Sprintf("flatten of round %d", len(f.report.Rounds)))
-		}
-		f.report.Thaw.AfterThaw = append(f.report.Thaw.AfterThaw, "flatten of the final dump with the last round", "report")
-	}
 	if err := f.flattenDeferred(r); err != nil {
 		return err
 	}
+	f.afterThaw("flatten of the final dump with the last round", "report")
 	final := f.report.Final
 	if measured {
 		// In a dump, CRIU writes the pages inside memdump_time
@@ -212,6 +207,7 @@ func (f *finalDump) flattenDeferred(r *Rounds) error {
 	}
 	last := &f.report.Rounds[len(f.report.Rounds)-1]
 	last.FlattenAfterDump = true
+	f.afterThaw(fmt.Sprintf("flatten of round %d", last.Index))
 	if !f.thawed && f.report.Trigger == TriggerPause {
 		f.e.Log.Infof("precopy: round %d's flatten runs inside the freeze: the checkpoint did not thaw early", last.Index)
 	}
@@ -221,6 +217,13 @@ func (f *finalDump) flattenDeferred(r *Rounds) error {
 		return fmt.Errorf("flatten round %d after the final dump: %w", last.Index, err)
 	}
 	return nil
+}
+
+// afterThaw records work done once the container ran again, if it did.
+func (f *finalDump) afterThaw(work ...string) {
+	if f.thawed && f.report.Thaw != nil {
+		f.report.Thaw.AfterThaw = append(f.report.Thaw.AfterThaw, work...)
+	}
 }
 
 // dump runs the final dump on parent and records it as the report's

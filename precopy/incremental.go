@@ -59,7 +59,7 @@ const keptDirName = "kept"
 // pre-copy's parent.
 type keptImage struct {
 	dir string
-	// names are the files in dir.
+	// names are the files in dir (linkKept's, the engine's own dir).
 	names  []string
 	parent Parent
 }
@@ -221,13 +221,9 @@ func copyFile(src, dst string) error {
 func (e *Engine) adopt(k *keptImage, into string) (string, time.Duration, error) {
 	defer os.RemoveAll(k.dir)
 	start := e.Now()
-	entries, err := os.ReadDir(k.dir)
-	if err != nil {
-		return "", 0, err
-	}
 	copied := false
-	for _, de := range entries {
-		p := filepath.Join(k.dir, de.Name())
+	for _, name := range k.names {
+		p := filepath.Join(k.dir, name)
 		var st syscall.Stat_t
 		if err := syscall.Lstat(p, &st); err != nil {
 			return "", 0, err

@@ -155,13 +155,17 @@ func periodicSeries(ctx context.Context, env *harness.Env, id string, incrementa
 			return nil, recovery{}, fmt.Errorf("checkpoint %d: %w", k, err)
 		}
 		refs = append(refs, ref)
-		cp, err := harness.ReadCheckpoint(ctx, d.Client(), ref, "dump.log")
+		var keep []string
+		if *logDir != "" {
+			keep = []string{"dump.log"}
+		}
+		cp, err := harness.ReadCheckpoint(ctx, d.Client(), ref, keep...)
 		if err != nil {
 			return nil, recovery{}, err
 		}
-		r := cp.Report
-		if r == nil {
-			return nil, recovery{}, fmt.Errorf("checkpoint %s has no %s", ref, precopy.ReportFile)
+		r, err := cp.RequireReport(ref)
+		if err != nil {
+			return nil, recovery{}, err
 		}
 		if *logDir != "" {
 			// The final dump's CRIU log, which the shim copied into the

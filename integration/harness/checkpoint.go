@@ -132,6 +132,11 @@ func CheckpointReport(ctx context.Context, c *containerd.Client, ref string) (*p
 	if err != nil {
 		return nil, err
 	}
+	return cp.RequireReport(ref)
+}
+
+// RequireReport is cp's report, an error naming image ref if it has none.
+func (cp *Checkpoint) RequireReport(ref string) (*precopy.Report, error) {
 	if cp.Report == nil {
 		return nil, fmt.Errorf("checkpoint %s has no %s", ref, precopy.ReportFile)
 	}
