@@ -391,6 +391,15 @@ func rwDiffNames(t *testing.T, ctx context.Context, d *harness.Daemon, id string
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The diff's blob is referenced by nothing: without a lease the
+	// daemon's garbage collection (another test's image removal schedules
+	// one) may take it before it is read, as containerd's own Checkpoint
+	// diffs under a lease.
+	ctx, done, err := c.WithLease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done(context.WithoutCancel(ctx))
 	desc, err := rootfs.CreateDiff(ctx, info.SnapshotKey, c.SnapshotService(info.Snapshotter), c.DiffService(),
 		diff.WithReference(fmt.Sprintf("test-rw-%s", info.SnapshotKey)))
 	if err != nil {
