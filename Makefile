@@ -54,7 +54,9 @@ install: build
 # integration tests again in the soft-dirty VM.
 test: deps build
 	rm -f $(OUT)/test-*.log
-	$(MAKE) --no-print-directory test-unit test-integration test-vm; rc=$$?; \
+	# The shell runs with -e: the summary must come after a failing tier
+	# too, and -k runs the other tiers.
+	rc=0; $(MAKE) --no-print-directory -k test-unit test-integration test-vm || rc=$$?; \
 		bash hack/test-summary.sh $(OUT)/test-*.log; exit $$rc
 
 test-unit:
