@@ -27,3 +27,13 @@ func TestPeriodicDetailsShowsFlattens(t *testing.T) {
 		}
 	}
 }
+
+// TestSeriesOrderAlternates: odd runs start without incremental, even runs
+// with it, so that over two runs each series runs first once.
+func TestSeriesOrderAlternates(t *testing.T) {
+	for i, want := range map[int][]bool{1: {false, true}, 2: {true, false}, 3: {false, true}} {
+		if got := seriesOrder(i); len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+			t.Errorf("seriesOrder(%d) = %v, want %v", i, got, want)
+		}
+	}
+}
