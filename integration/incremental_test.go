@@ -65,9 +65,9 @@ func TestIncrementalCheckpointRestore(t *testing.T) {
 		t.Errorf("second checkpoint's round 1 wrote %d pages, took %d from its parent: not incremental", round1.PagesWritten, inc.PagesFromParent)
 	}
 	// A task's first checkpoint flattens every round before the freeze
-	// (it could be one that stops the task); the second's last round
-	// waits for the final dump when the checkpoint thaws early, and the
-	// restore below reads what that flatten made.
+	// (it could be one that stops the task); the second's rounds wait
+	// for the final dump when the checkpoint thaws early, and the restore
+	// below reads what their flattens made.
 	if lastRound(first).FlattenAfterDump {
 		t.Error("first checkpoint: the last round's flatten ran after the final dump")
 	}

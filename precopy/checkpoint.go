@@ -196,25 +196,28 @@ func (f *finalDump) dumpOnRounds(ctx context.Context, r *Rounds) error {
 	return nil
 }
 
-// flattenDeferred runs the last round's flatten that waited for the final
-// dump (Engine.deferLastFlatten), so that the final flatten resolves one
-// level, taking over the round's pages as it does when the round was
-// flattened before: CRIU wrote the final dump on the chain, and neither
-// reads it now.
+// flattenDeferred runs the rounds' flattens that waited for the final
+// dump (Engine.deferFlattens), oldest first, each resolving one level, so
+// that the final flatten resolves one level too, taking over the last
+// round's pages as it does when the rounds were flattened before: CRIU
+// wrote the final dump on the chain, and neither reads it now.
 func (f *finalDump) flattenDeferred(r *Rounds) error {
-	if r.chainedTo == "" {
+	if len(r.pending) == 0 {
 		return nil
 	}
-	last := &f.report.Rounds[len(f.report.Rounds)-1]
-	last.FlattenAfterDump = true
-	f.afterThaw(fmt.Sprintf("flatten of round %d", last.Index))
-	if !f.thawed && f.report.Trigger == TriggerPause {
-		f.e.Log.Infof("precopy: round %d's flatten runs inside the freeze: the checkpoint did not thaw early", last.Index)
+	for _, i := range r.pending {
+		f.report.Rounds[i-1].FlattenAfterDump = true
+		f.afterThaw(fmt.Sprintf("flatten of round %d", i))
 	}
-	if err := f.e.flattenLast(r, last); err != nil {
-		// The final dump's parent chain may have lost pages to the
-		// takeover: the image must not be handed out.
-		return fmt.Errorf("flatten round %d after the final dump: %w", last.Index, err)
+	if !f.thawed && f.report.Trigger == TriggerPause {
+		f.e.Log.Infof("precopy: the flattens of rounds %v run inside the freeze: the checkpoint did not thaw early", r.pending)
+	}
+	for len(r.pending) > 0 {
+		if err := f.e.flattenNext(r); err != nil {
+			// The final dump's parent chain may have lost pages to the
+			// takeover: the image must not be handed out.
+			return fmt.Errorf("after the final dump: %w", err)
+		}
 	}
 	return nil
 }

@@ -266,9 +266,14 @@ func TestResidentBytes(t *testing.T) {
 // the flattens it runs from then on, each with the number of final dumps
 // done before it.
 func secondCheckpoint(t *testing.T, failOn string) (*Engine, *fakeCRIU, *[]string) {
+	return secondCheckpointOf(t, 2, failOn)
+}
+
+// secondCheckpointOf is secondCheckpoint with rounds fixed rounds.
+func secondCheckpointOf(t *testing.T, rounds int, failOn string) (*Engine, *fakeCRIU, *[]string) {
 	t.Helper()
-	f := &fakeCRIU{rounds: synthetic(2), finals: synthetic(1)}
-	e := newFakeEngine(t, f, fixed(2))
+	f := &fakeCRIU{rounds: synthetic(rounds), finals: synthetic(1)}
+	e := newFakeEngine(t, f, fixed(rounds))
 	checkpointInto(t, e, f, "image1")
 	var flattens []string
 	flatten := flattenParent(failOn)
@@ -312,6 +317,46 @@ func TestCheckpointDefersLastFlatten(t *testing.T) {
 	}
 }
 
+// TestCheckpointDefersEveryRoundsFlatten: with the flattens deferred, each
+// round dumps on the unflattened one before it (a chain down to round 1),
+// and after the final dump the rounds are flattened oldest first, each one
+// level, then the final dump; the report says which ran after the dump.
+func TestCheckpointDefersEveryRoundsFlatten(t *testing.T) {
+	e, f, flattens := secondCheckpointOf(t, 3, "")
+	r := e.PreCopy(t.Context(), TriggerPause, nil, true)
+	if len(*flattens) != 0 || !slices.Equal(r.pending, []int{2, 3}) {
+		t.Fatalf("flattens %q, pending rounds %v: want none flattened, rounds 2 and 3 pending", *flattens, r.pending)
+	}
+	for i, d := range f.predumps[len(f.predumps)-3:] {
+		want := ""
+		if i > 0 {
+			want = fmt.Sprintf("../round-%d", i)
+		}
+		if d.Parent != want {
+			t.Errorf("round %d dumped on %q, want %q", i+1, d.Parent, want)
+		}
+	}
+	r.Report.Thaw = &Thaw{Reason: "test"}
+	cp := nextImage(t, f, "image2")
+	cp.AfterDump = func(context.Context) bool { return true }
+	report, err := e.Checkpoint(t.Context(), r, cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReport(t, e, cp, report)
+	if want := []string{"round-2 after 2 dumps", "round-3 after 2 dumps", "image2 after 2 dumps"}; !slices.Equal(*flattens, want) {
+		t.Errorf("flattens %q, want %q", *flattens, want)
+	}
+	if want := []string{"flatten of round 2", "flatten of round 3", "flatten of the final dump with the last round", "report"}; !slices.Equal(report.Thaw.AfterThaw, want) {
+		t.Errorf("after the thaw %q, want %q", report.Thaw.AfterThaw, want)
+	}
+	for _, rd := range report.Rounds {
+		if deferred := rd.Index > 1; rd.FlattenAfterDump != deferred || (rd.Flatten != 0) != deferred {
+			t.Errorf("round %d: %+v; want its flatten after the dump: %v", rd.Index, rd, deferred)
+		}
+	}
+}
+
 // TestCheckpointFlattensBeforeTheFreeze: the last round is flattened before
 // the freeze when the caller does not expect the container to run right
 // after the final dump, and on a task's first checkpoint, which may be one
@@ -347,7 +392,7 @@ func TestCheckpointDeferredFlattenFails(t *testing.T) {
 			cp.AfterDump = func(context.Context) bool { return thaw }
 			report, err := e.Checkpoint(t.Context(), r, cp)
 			if thaw {
-				if err == nil || !strings.Contains(err.Error(), "flatten round 2 after the final dump") || !strings.Contains(err.Error(), "not redone") {
+				if err == nil || !strings.Contains(err.Error(), "after the final dump: flatten round 2") || !strings.Contains(err.Error(), "not redone") {
 					t.Fatalf("error %v; want the deferred flatten's, not redone", err)
 				}
 				if _, err := os.Stat(filepath.Join(cp.ImageDir, ReportFile)); !os.IsNotExist(err) {
@@ -361,7 +406,7 @@ func TestCheckpointDeferredFlattenFails(t *testing.T) {
 			checkReport(t, e, cp, report)
 			// The first checkpoint's final dump, this one's on the rounds,
 			// and its one-shot redo.
-			if !strings.Contains(report.FellBack, "flatten round 2 after the final dump") || len(f.parents) != 3 || f.parents[1] == "" || f.parents[2] != "" {
+			if !strings.Contains(report.FellBack, "after the final dump: flatten round 2") || len(f.parents) != 3 || f.parents[1] == "" || f.parents[2] != "" {
 				t.Errorf("fell back %q, final dumps on %q; want the deferred flatten's error and a one-shot dump", report.FellBack, f.parents)
 			}
 		})

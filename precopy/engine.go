@@ -153,14 +153,14 @@ func (e *Engine) Skip(trigger Trigger, why string) *Rounds {
 //
 // runsAfterDump says the caller expects the container to run again right
 // after the final dump (an early thaw, or a leave-running dump of a task
-// nobody paused). Then, for a task checkpointed before, the last round's
-// flatten waits until after the final dump (see deferLastFlatten).
+// nobody paused). Then, for a task checkpointed before, the rounds'
+// flattens wait until after the final dump (see deferFlattens).
 func (e *Engine) PreCopy(ctx context.Context, trigger Trigger, interrupt <-chan struct{}, runsAfterDump bool) *Rounds {
 	cfg, why := e.plan(ctx)
 	if why != "" {
 		return e.Skip(trigger, why)
 	}
-	r, err := e.run(ctx, cfg, interrupt, e.deferLastFlatten(runsAfterDump))
+	r, err := e.run(ctx, cfg, interrupt, e.deferFlattens(runsAfterDump))
 	if err != nil {
 		e.Runtime.RecoverFailedDump(ctx)
 		return e.Skip(trigger, err.Error())
@@ -187,22 +187,26 @@ func (e *Engine) PreCopy(ctx context.Context, trigger Trigger, interrupt <-chan 
 	return r
 }
 
-// deferLastFlatten says whether the last round's flatten should wait until
-// after the final dump. The flatten makes the round stand alone (the
-// final flatten then resolves one level); it costs the most in the round
-// that dumped against the last checkpoint's kept image, whose pages file
-// it shifts when pages were added or removed below others (seconds under
-// TCG). Run before the freeze, it lengthens pre-copy, and the final dump
-// writes what the load dirtied meanwhile; run after the final dump, while
-// the container runs again, it costs neither. If the container does not
-// run again then (a client that stops it, or a pause the user holds), the
-// flatten lands inside the freeze: so only a caller's expectation that
-// it will run (runsAfterDump) defers it, and only for a task checkpointed
-// before: a checkpoint that stops its task (nerdctl's default; the client
-// pauses first, so the shim cannot tell at the Pause) is the task's last,
-// so a task checkpointed before was left running by it, as periodic
+// deferFlattens says whether the rounds' flattens should wait until after
+// the final dump. A flatten makes a round stand alone (the next dump then
+// has a flat parent, and the final flatten resolves one level); it costs
+// the most in the round that dumped against the last checkpoint's kept
+// image, whose pages file it shifts when pages were added or removed below
+// others (seconds under TCG), and a round after it would wait for it. Run
+// during pre-copy, flattens lengthen it, and the final dump writes what
+// the load dirtied meanwhile; run after the final dump, while the
+// container runs again, they cost neither, and a round costs only its
+// CRIU call: each dumps on the chain of the rounds before it (CRIU
+// pre-dumps and dumps on a parent chain, checking a hole only against
+// the parent's pagemap). If the container does not run again then (a
+// client that stops it, or a pause the user holds), the flattens land
+// inside the freeze: so only a caller's expectation that it will run
+// (runsAfterDump) defers them, and only for a task checkpointed before: a
+// checkpoint that stops its task (nerdctl's default; the client pauses
+// first, so the shim cannot tell at the Pause) is the task's last, so a
+// task checkpointed before was left running by it, as periodic
 // checkpoints are.
-func (e *Engine) deferLastFlatten(runsAfterDump bool) bool {
+func (e *Engine) deferFlattens(runsAfterDump bool) bool {
 	return runsAfterDump && e.checkpoints > 0
 }
 
@@ -239,12 +243,11 @@ func (e *Engine) plan(ctx context.Context) (policy.Config, string) {
 // run pre-dumps until the policy stops it, ctx ends, or a round fails. On
 // failure it removes what it wrote and returns the error.
 //
-// With deferLast, a round is flattened once the policy has decided to run
-// another (before that one dumps on it); the last one is left chained to
-// its parent for the final dump (finalDump.flattenDeferred). The policy
-// then sees the unflattened round's own bytes as what it added (an upper
-// bound: a flatten that takes its parent's pages over holds less).
-func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan struct{}, deferLast bool) (_ *Rounds, retErr error) {
+// Each round is flattened right after it, unless deferFlattens: then the
+// rounds stay chained for the final dump (finalDump.flattenDeferred), and
+// the policy sees each unflattened round's own bytes as what it added (an
+// upper bound: a flatten that takes its parent's pages over holds less).
+func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan struct{}, deferFlattens bool) (_ *Rounds, retErr error) {
 	// Each pre-copy has a dir of its own: rounds discarded late (a
 	// timer's) never take a newer pre-copy's with them.
 	if err := os.MkdirAll(e.Dir, 0o700); err != nil {
@@ -272,12 +275,12 @@ func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan st
 		if err != nil {
 			return nil, fmt.Errorf("pre-copy round %d: %w", i, err)
 		}
-		if !deferLast {
-			if err := e.flattenLast(r, &round); err != nil {
-				return nil, fmt.Errorf("pre-copy round %d: %w", i, err)
+		r.Report.Rounds = append(r.Report.Rounds, round)
+		if !deferFlattens {
+			if err := e.flattenNext(r); err != nil {
+				return nil, fmt.Errorf("pre-copy: %w", err)
 			}
 		}
-		r.Report.Rounds = append(r.Report.Rounds, round)
 		d := policy.Decide(cfg, r.Report.Rounds, e.Now().Sub(start))
 		select {
 		case <-interrupt:
@@ -286,21 +289,18 @@ func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan st
 		}
 		if !d.Continue {
 			r.Report.Stop, r.Report.PreCopy = &d, e.Now().Sub(start)
-			if r.chainedTo != "" {
-				e.Log.Infof("precopy: round %d's flatten waits until after the final dump", i)
+			if len(r.pending) > 0 {
+				e.Log.Infof("precopy: the flattens of rounds %v wait until after the final dump", r.pending)
 			}
 			return r, nil
-		}
-		if err := e.flattenLast(r, &r.Report.Rounds[len(r.Report.Rounds)-1]); err != nil {
-			return nil, fmt.Errorf("pre-copy round %d: %w", i, err)
 		}
 	}
 }
 
 // round runs round i on top of r's image and makes it r's image, chained
-// to the previous one until flattenLast.
+// to the previous one until it is flattened (flattenNext).
 func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, error) {
-	d := Dirs{Image: filepath.Join(r.dir, fmt.Sprintf("round-%d", i)), Work: filepath.Join(r.dir, fmt.Sprintf("work-%d", i))}
+	d := Dirs{Image: roundDir(r, i), Work: filepath.Join(r.dir, fmt.Sprintf("work-%d", i))}
 	for _, dir := range []string{d.Image, d.Work} {
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			return policy.Round{}, err
@@ -329,39 +329,55 @@ func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, err
 	// of its parent's.
 	round.ImageBytes = dirBytes(d.Image)
 	r.held += round.ImageBytes
-	r.chainedTo, r.image = r.image, d.Image
+	if d.Parent != "" {
+		if len(r.pending) == 0 {
+			r.base = r.image
+		}
+		r.pending = append(r.pending, i)
+	}
+	r.image = d.Image
 	return round, nil
 }
 
-// flattenLast makes r's last round (round, its statistics) stand alone, so
-// that the next dump's parent does and the flatten after it resolves one
-// level only, and removes the round before it; nothing when it is flat.
-// Before the final dump it runs while the container runs.
-func (e *Engine) flattenLast(r *Rounds, round *policy.Round) error {
-	if r.chainedTo == "" {
+// roundDir is round i's image dir.
+func roundDir(r *Rounds, i int) string { return filepath.Join(r.dir, fmt.Sprintf("round-%d", i)) }
+
+// flattenNext makes r's oldest round waiting for its flatten stand alone,
+// recording what that did in its statistics (r.Report.Rounds), and removes
+// the image it was chained to (consumed: every page it held is in the
+// round now); nothing when every round is flat. Before the final dump it
+// runs while the container runs.
+func (e *Engine) flattenNext(r *Rounds) error {
+	if len(r.pending) == 0 {
 		return nil
 	}
+	i := r.pending[0]
+	round := &r.Report.Rounds[i-1]
+	dir := roundDir(r, i)
+	parentBytes := dirBytes(r.base)
 	f := e.Now()
-	res, err := e.Flatten(r.image, r.dir)
+	res, err := e.Flatten(dir, r.dir)
 	if err != nil {
-		return fmt.Errorf("flatten: %w", err)
+		return fmt.Errorf("flatten round %d: %w", i, err)
 	}
 	round.Flatten = e.Now().Sub(f)
 	recordFlatten(round, res)
 	if res.TakeoverRefused != "" {
-		e.Log.Infof("precopy: round %d's flatten copied %d pages of the previous image (took over %d): %s", round.Index, res.PagesCopied, res.PagesTakenOver, res.TakeoverRefused)
+		e.Log.Infof("precopy: round %d's flatten copied %d pages of the previous image (took over %d): %s", i, res.PagesCopied, res.PagesTakenOver, res.TakeoverRefused)
 	}
-	// The previous round is now redundant (and consumed): every page it
-	// held is in this one.
-	if err := os.RemoveAll(r.chainedTo); err != nil {
-		return err
+	if err := os.RemoveAll(r.base); err != nil {
+		return fmt.Errorf("flatten round %d: %w", i, err)
 	}
-	r.chainedTo = ""
+	r.pending = r.pending[1:]
+	r.base = dir
+	if len(r.pending) == 0 {
+		r.base = ""
+	}
 	// What the round added is now the growth of the flat image over its
 	// parent's.
-	before := r.held - round.ImageBytes
-	r.held = dirBytes(r.image)
-	round.ImageBytes = r.held - before
+	flat := dirBytes(dir)
+	r.held += flat - parentBytes - round.ImageBytes
+	round.ImageBytes = flat - parentBytes
 	return nil
 }
 

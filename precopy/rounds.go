@@ -9,9 +9,9 @@ import (
 // Rounds is what pre-copy leaves for a checkpoint's final dump: the report
 // so far (the rounds' statistics and why they stopped, or why there are
 // none) and the one image set all the rounds copied into, which is the
-// final dump's parent: flat, or its last round still chained to the one
-// before, when that flatten waits until after the final dump. Without
-// that image the checkpoint is one-shot.
+// final dump's parent: flat, or with rounds still chained on a flat image
+// when their flattens wait until after the final dump. Without that image
+// the checkpoint is one-shot.
 type Rounds struct {
 	Report *Report
 	// dir holds the rounds' files; image is the last round's image dir
@@ -20,10 +20,12 @@ type Rounds struct {
 	dir   string
 	image string
 	held  int64
-	// chainedTo is the image dir image's parent link leads to until
-	// image is flattened ("" when it is flat): the last round's flatten
-	// may wait until after the final dump (Engine.deferLastFlatten).
-	chainedTo string
+	// pending are the rounds (their indices, oldest first) whose flatten
+	// waits (Engine.deferFlattens), each chained to the one before it,
+	// the oldest to base, which stands alone; none, and base "", when
+	// image is flat.
+	pending []int
+	base    string
 	// parent is the earlier checkpoint whose kept image round 1 dumped
 	// against (Engine.Incremental), what making its files the rounds' own
 	// cost; nil when there was none, and noParent says why.

@@ -47,16 +47,16 @@ type Round struct {
 	// size; an engine that flattens each round into one image set and
 	// removes the previous one reports the growth, not the flat size (the
 	// round's own size until it is flattened: the policy decides on that
-	// when the last round's flatten waits for the final dump). For a final
+	// when the flattens wait for the final dump). For a final
 	// dump: the size of the checkpoint's flat image.
 	ImageBytes int64 `json:"image_bytes"`
 	// Flatten is what making this round stand alone cost, while the
 	// container ran (but see FlattenAfterDump). The policy does not read
 	// it.
 	Flatten time.Duration `json:"flatten_ns"`
-	// FlattenAfterDump: the round was the last, and its flatten ran after
-	// the final dump (outside the freeze when the container ran again
-	// right after it) rather than before the freeze.
+	// FlattenAfterDump: the round's flatten ran after the final dump
+	// (outside the freeze when the container ran again right after it)
+	// rather than before the next dump on it.
 	FlattenAfterDump bool `json:"flatten_after_final_dump,omitempty"`
 	// FlattenTakenOver and FlattenCopied are the pages of the previous
 	// image the round's flatten took over (its pages file became the
