@@ -82,11 +82,11 @@ func DirtyRate(rounds []Round) (pagesPerSecond float64, ok bool) {
 // PagesSkippedParent) measures the rate itself: the pages its tasks wrote
 // from its soft-dirty reset to the count right after it (Dirtied over
 // DirtiedAfter), the same distinct-page count over a known time as a later
-// round's pages_written. Round 2 would add nothing but that measurement,
-// at 1.2-2.0 s under TCG. A full round 1 has the same count, but the stop
-// rules were validated on recordings (testdata) that take the rate from
-// round 2 and have no count; until they are recorded again with it, a
-// full round 1 goes on to round 2 as before.
+// round's pages_written: its prediction is the count's, not every resident
+// page (it still goes on to round 2: see Decide). A full round 1 has the
+// same count, but the stop rules were validated on recordings (testdata)
+// that take the rate from round 2 and have no count; until they are
+// recorded again with it, a full round 1 predicts the worst case.
 func dirtyRate(rounds []Round) (float64, time.Duration, bool) {
 	k := len(rounds)
 	switch {
