@@ -26,7 +26,8 @@ usage() {
 		  -t  seconds before the guest is killed (default \$PRECOPY_VM_TIMEOUT or 1800)
 		env: PRECOPY_VM_CPUS (2), PRECOPY_VM_KERNEL (newest /boot/vmlinuz-6.1.*-amd64),
 		     PRECOPY_CACHE (/var/cache/precopy; the initramfs goes to its vm/ dir),
-		     PRECOPY_VM_SCRATCH (unset: all tmpfs; ext4: /run/containerd on an ext4 disk)
+		     PRECOPY_VM_SCRATCH (unset: all tmpfs; ext4: /run/containerd on an ext4 disk),
+		     PRECOPY_VM_PREALLOC (1: back all guest memory before the boot, for benchmarks)
 	EOF
 	exit 2
 }
@@ -49,6 +50,23 @@ scratch=${PRECOPY_VM_SCRATCH:-}
 case $scratch in
 '' | ext4) ;;
 *) die "PRECOPY_VM_SCRATCH must be unset or ext4, got '$scratch'" ;;
+esac
+
+# PRECOPY_VM_PREALLOC=1: qemu backs all of the guest's memory before it
+# boots (-mem-prealloc). This host is itself a VM that hands freed memory
+# back to its host (free page reporting), so a page it has not used lately
+# costs 10-20 us at its first touch (2 GiB: 9.7 s, 5.0 s with huge pages,
+# against 0.08 s touched again). Without it every guest page qemu backs
+# for the first time pays that, inside whatever the guest is doing then:
+# the periodic bench's final dumps froze 0.9-1.6 s in one run (13fd014)
+# and 1.3-2.9 s in the next (06f3216), the same code, earlier series
+# slower than later ones. Benchmarks pay it once, at the boot (~2.5-5 s
+# per GiB), instead of inside what they measure.
+prealloc=()
+case ${PRECOPY_VM_PREALLOC:-} in
+'') ;;
+1) prealloc=(-mem-prealloc) ;;
+*) die "PRECOPY_VM_PREALLOC must be unset or 1, got '${PRECOPY_VM_PREALLOC}'" ;;
 esac
 
 # Already inside the guest (a nested TCG VM would crawl): just run it.
@@ -248,7 +266,7 @@ exec 4<>"$tmp/alive" 5>"$tmp/alive" 6<"$tmp/alive" 4>&-
 # no TCG slowness).
 # loglevel=1: boot messages stay out of the console, KERN_EMERG (panics) not.
 setpriv --pdeathsig KILL -- qemu-system-x86_64 \
-	-accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
+	-accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" "${prealloc[@]}" \
 	-nodefaults -no-user-config -display none -no-reboot -nic none \
 	-kernel "$kernel" -initrd "$initrd" \
 	-append "console=ttyS0 loglevel=1 panic=-1 softlockup_panic=1 watchdog_thresh=60$append_scratch" \
