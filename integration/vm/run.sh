@@ -57,11 +57,11 @@ esac
 # back to its host (free page reporting), so a page it has not used lately
 # costs 10-20 us at its first touch (2 GiB: 9.7 s, 5.0 s with huge pages,
 # against 0.08 s touched again). Without it every guest page qemu backs
-# for the first time pays that, inside whatever the guest is doing then:
-# the periodic bench's final dumps froze 0.9-1.6 s in one run (13fd014)
-# and 1.3-2.9 s in the next (06f3216), the same code, earlier series
-# slower than later ones. Benchmarks pay it once, at the boot (~2.5-5 s
-# per GiB), instead of inside what they measure.
+# for the first time pays that inside whatever the guest is doing then.
+# Benchmarks pay it once, before the boot, instead of inside what they
+# measure. It is not the only noise under TCG: with it, the periodic
+# bench's final dumps still froze 0.9-3.6 s in one run (33a9d28), most of
+# the spread in the execs CRIU runs (tar and gzip per tmpfs mount).
 prealloc=()
 case ${PRECOPY_VM_PREALLOC:-} in
 '') ;;
