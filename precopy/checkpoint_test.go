@@ -285,6 +285,21 @@ func secondCheckpointOf(t *testing.T, rounds int, failOn string) (*Engine, *fake
 	return e, f, &flattens
 }
 
+// checkpointThawing checkpoints r into a new image dir, name, thawing the
+// container right after the final dump, and checks the report.
+func checkpointThawing(t *testing.T, e *Engine, f *fakeCRIU, r *Rounds, name string) *Report {
+	t.Helper()
+	r.Report.Thaw = &Thaw{Reason: "test"}
+	cp := nextImage(t, f, name)
+	cp.AfterDump = func(context.Context) bool { return true }
+	report, err := e.Checkpoint(t.Context(), r, cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReport(t, e, cp, report)
+	return report
+}
+
 // TestCheckpointDefersLastFlatten: when the container will run again right
 // after the final dump, the last round stays chained to the one before
 // while the container is frozen, and its flatten runs after the thaw,
@@ -298,14 +313,7 @@ func TestCheckpointDefersLastFlatten(t *testing.T) {
 	if rd := r.Report.Rounds[1]; rd.Flatten != 0 || rd.ImageBytes != dirBytes(r.image) {
 		t.Errorf("unflattened round 2: %+v; want no flatten and its own size (%d)", rd, dirBytes(r.image))
 	}
-	r.Report.Thaw = &Thaw{Reason: "test"}
-	cp := nextImage(t, f, "image2")
-	cp.AfterDump = func(context.Context) bool { return true }
-	report, err := e.Checkpoint(t.Context(), r, cp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkReport(t, e, cp, report)
+	report := checkpointThawing(t, e, f, r, "image2")
 	if want := []string{"round-2 after 2 dumps", "image2 after 2 dumps"}; !slices.Equal(*flattens, want) {
 		t.Errorf("flattens %q, want %q", *flattens, want)
 	}
@@ -336,14 +344,7 @@ func TestCheckpointDefersEveryRoundsFlatten(t *testing.T) {
 			t.Errorf("round %d dumped on %q, want %q", i+1, d.Parent, want)
 		}
 	}
-	r.Report.Thaw = &Thaw{Reason: "test"}
-	cp := nextImage(t, f, "image2")
-	cp.AfterDump = func(context.Context) bool { return true }
-	report, err := e.Checkpoint(t.Context(), r, cp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkReport(t, e, cp, report)
+	report := checkpointThawing(t, e, f, r, "image2")
 	if want := []string{"round-2 after 2 dumps", "round-3 after 2 dumps", "image2 after 2 dumps"}; !slices.Equal(*flattens, want) {
 		t.Errorf("flattens %q, want %q", *flattens, want)
 	}
