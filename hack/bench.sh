@@ -44,8 +44,8 @@ run() {
 	if [[ $scenario == *-ext4 ]]; then export PRECOPY_VM_SCRATCH=ext4; fi
 	echo "bench: this kernel cannot track dirty memory (no CONFIG_MEM_SOFT_DIRTY): running in the soft-dirty VM (qemu TCG); compare its figures only with each other" >&2
 	# Room for a 1 GiB workload, its rounds, its image and the content store;
-	# all of it backed before the boot (run.sh, PRECOPY_VM_PREALLOC).
-	PRECOPY_VM_PREALLOC=${PRECOPY_VM_PREALLOC-1} bash integration/vm/run.sh -m "${PRECOPY_VM_MEM:-12G}" -t "${PRECOPY_BENCH_TIMEOUT:-7200}" -- _output/bench "$@"
+	# all of it backed before the boot (run.sh; PRECOPY_VM_PREALLOC=0: not).
+	PRECOPY_VM_PREALLOC=${PRECOPY_VM_PREALLOC:-1} bash integration/vm/run.sh -m "${PRECOPY_VM_MEM:-12G}" -t "${PRECOPY_BENCH_TIMEOUT:-7200}" -- _output/bench "$@"
 }
 
 if [ -n "$scenario" ]; then

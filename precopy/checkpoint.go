@@ -205,19 +205,18 @@ func (f *finalDump) flattenDeferred(r *Rounds) error {
 	if len(r.pending) == 0 {
 		return nil
 	}
-	for _, i := range r.pending {
-		f.report.Rounds[i-1].FlattenAfterDump = true
-		f.afterThaw(fmt.Sprintf("flatten of round %d", i))
-	}
 	if !f.thawed && f.report.Trigger == TriggerPause {
 		f.e.Log.Infof("precopy: the flattens of rounds %v run inside the freeze: the checkpoint did not thaw early", r.pending)
 	}
 	for len(r.pending) > 0 {
+		i := r.pending[0]
 		if err := f.e.flattenNext(r); err != nil {
 			// The final dump's parent chain may have lost pages to the
 			// takeover: the image must not be handed out.
 			return fmt.Errorf("after the final dump: %w", err)
 		}
+		f.report.Rounds[i-1].FlattenAfterDump = true
+		f.afterThaw(fmt.Sprintf("flatten of round %d", i))
 	}
 	return nil
 }

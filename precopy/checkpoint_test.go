@@ -410,6 +410,9 @@ func TestCheckpointDeferredFlattenFails(t *testing.T) {
 			if !strings.Contains(report.FellBack, "after the final dump: flatten round 2") || len(f.parents) != 3 || f.parents[1] == "" || f.parents[2] != "" {
 				t.Errorf("fell back %q, final dumps on %q; want the deferred flatten's error and a one-shot dump", report.FellBack, f.parents)
 			}
+			if report.Rounds[1].FlattenAfterDump {
+				t.Errorf("round 2: %+v; the report claims the flatten that failed", report.Rounds[1])
+			}
 		})
 	}
 }

@@ -55,8 +55,9 @@ type StatsReader func(workDir string) (policy.Round, error)
 
 // Flattener makes an image dir stand alone, resolving its parent link,
 // whose chain must stay within the dir holding the rounds. The engine
-// removes the parent right after, whatever the outcome, so a Flattener may
-// consume it (imagechain.FlattenConsuming).
+// never reads the parent again (it removes it after a flatten, and the
+// whole rounds dir after a failed one), so a Flattener may consume it
+// (imagechain.FlattenConsuming).
 type Flattener func(dir, within string) (imagechain.Result, error)
 
 // Logger takes the engine's log lines (containerd's log entry has these
@@ -184,6 +185,9 @@ func (e *Engine) PreCopy(ctx context.Context, trigger Trigger, interrupt <-chan 
 	}
 	e.Log.Infof("precopy: pre-copy done: %d rounds in %s, stopped: %s, predicted final freeze %s",
 		len(r.Report.Rounds), r.Report.PreCopy, stop.Reason, stop.PredictedFreeze)
+	if len(r.pending) > 0 {
+		e.Log.Infof("precopy: the flattens of rounds %v wait until after the final dump", r.pending)
+	}
 	return r
 }
 
@@ -200,8 +204,11 @@ func (e *Engine) PreCopy(ctx context.Context, trigger Trigger, interrupt <-chan 
 // pre-dumps and dumps on a parent chain, checking a hole only against
 // the parent's pagemap). If the container does not run again then (a
 // client that stops it, or a pause the user holds), the flattens land
-// inside the freeze: so only a caller's expectation that it will run
-// (runsAfterDump) defers them, and only for a task checkpointed before: a
+// inside the freeze, all of them (round 1's against a kept image the
+// longest), and a failing one fails an exit checkpoint where a flatten
+// before the freeze would have fallen back to a one-shot dump: so only a
+// caller's expectation that it will run (runsAfterDump) defers them, and
+// only for a task checkpointed before: a
 // checkpoint that stops its task (nerdctl's default; the client pauses
 // first, so the shim cannot tell at the Pause) is the task's last, so a
 // task checkpointed before was left running by it, as periodic
@@ -289,9 +296,6 @@ func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan st
 		}
 		if !d.Continue {
 			r.Report.Stop, r.Report.PreCopy = &d, e.Now().Sub(start)
-			if len(r.pending) > 0 {
-				e.Log.Infof("precopy: the flattens of rounds %v wait until after the final dump", r.pending)
-			}
 			return r, nil
 		}
 	}
@@ -328,7 +332,6 @@ func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, err
 	// Until it is flattened the rounds hold the round's own files on top
 	// of its parent's.
 	round.ImageBytes = dirBytes(d.Image)
-	r.held += round.ImageBytes
 	if d.Parent != "" {
 		if len(r.pending) == 0 {
 			r.base = r.image
@@ -365,8 +368,10 @@ func (e *Engine) flattenNext(r *Rounds) error {
 	if res.TakeoverRefused != "" {
 		e.Log.Infof("precopy: round %d's flatten copied %d pages of the previous image (took over %d): %s", i, res.PagesCopied, res.PagesTakenOver, res.TakeoverRefused)
 	}
+	// The round is complete without it: a parent left behind only takes
+	// room until the rounds are discarded.
 	if err := os.RemoveAll(r.base); err != nil {
-		return fmt.Errorf("flatten round %d: %w", i, err)
+		e.Log.Warnf("precopy: remove round %d's parent after its flatten: %v", i, err)
 	}
 	r.pending = r.pending[1:]
 	r.base = dir
@@ -375,9 +380,7 @@ func (e *Engine) flattenNext(r *Rounds) error {
 	}
 	// What the round added is now the growth of the flat image over its
 	// parent's.
-	flat := dirBytes(dir)
-	r.held += flat - parentBytes - round.ImageBytes
-	round.ImageBytes = flat - parentBytes
+	round.ImageBytes = dirBytes(dir) - parentBytes
 	return nil
 }
 

@@ -298,5 +298,5 @@ func (e *Engine) startFromKept(r *Rounds) {
 		return
 	}
 	p := k.parent
-	r.image, r.held, r.parent, r.unshare = img, p.Bytes, &p, cost
+	r.image, r.parent, r.unshare = img, &p, cost
 }

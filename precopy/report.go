@@ -30,8 +30,8 @@ type Report struct {
 	Trigger Trigger `json:"trigger,omitempty"`
 	// Rounds and why they stopped, including the predicted final freeze;
 	// PreCopy is the time from the first round's start to the stop, with
-	// the rounds' flattens but the one of a last round that waited for the
-	// final dump (its Round.FlattenAfterDump).
+	// the rounds' flattens but those that waited for the final dump (their
+	// Round.FlattenAfterDump).
 	Rounds  []policy.Round   `json:"rounds,omitempty"`
 	Stop    *policy.Decision `json:"stop,omitempty"`
 	PreCopy time.Duration    `json:"pre_copy_ns,omitempty"`

@@ -15,11 +15,9 @@ import (
 type Rounds struct {
 	Report *Report
 	// dir holds the rounds' files; image is the last round's image dir
-	// ("" when there is none); held is the bytes of the images the rounds
-	// hold.
+	// ("" when there is none).
 	dir   string
 	image string
-	held  int64
 	// pending are the rounds (their indices, oldest first) whose flatten
 	// waits (Engine.deferFlattens), each chained to the one before it,
 	// the oldest to base, which stands alone; none, and base "", when
@@ -43,7 +41,7 @@ func (r *Rounds) PreCopied() bool { return r.image != "" }
 // one-shot.
 func (r *Rounds) Discard() error {
 	dir := r.dir
-	r.image, r.dir = "", ""
+	r.image, r.dir, r.pending, r.base = "", "", nil, ""
 	if dir == "" {
 		return nil
 	}

@@ -27,7 +27,7 @@ usage() {
 		env: PRECOPY_VM_CPUS (2), PRECOPY_VM_KERNEL (newest /boot/vmlinuz-6.1.*-amd64),
 		     PRECOPY_CACHE (/var/cache/precopy; the initramfs goes to its vm/ dir),
 		     PRECOPY_VM_SCRATCH (unset: all tmpfs; ext4: /run/containerd on an ext4 disk),
-		     PRECOPY_VM_PREALLOC (1: back all guest memory before the boot, for benchmarks)
+		     PRECOPY_VM_PREALLOC (1: back all guest memory before the boot, for benchmarks; 0 or unset: no)
 	EOF
 	exit 2
 }
@@ -64,9 +64,21 @@ esac
 # the spread in the execs CRIU runs (tar and gzip per tmpfs mount).
 prealloc=()
 case ${PRECOPY_VM_PREALLOC:-} in
-'') ;;
-1) prealloc=(-mem-prealloc) ;;
-*) die "PRECOPY_VM_PREALLOC must be unset or 1, got '${PRECOPY_VM_PREALLOC}'" ;;
+'' | 0) ;;
+1)
+	# All of it at once, where the guest would fill it gradually: say so
+	# here rather than have qemu killed for memory at its start.
+	size=${mem^^}
+	size=${size%B}
+	if [[ $size =~ ^[0-9]+$ ]]; then size=${size}M; fi # qemu's unit
+	want=$(numfmt --from=iec "$size") || die "guest memory '$mem': not a size"
+	have=$(($(awk '/^MemAvailable:/ {print $2}' /proc/meminfo) * 1024))
+	if [ "$want" -gt "$have" ]; then
+		die "PRECOPY_VM_PREALLOC=1 backs all $mem of guest memory at once, and only $((have >> 20)) MiB are available (free some, lower -m, or set PRECOPY_VM_PREALLOC=0)"
+	fi
+	prealloc=(-mem-prealloc)
+	;;
+*) die "PRECOPY_VM_PREALLOC must be unset, 0 or 1, got '${PRECOPY_VM_PREALLOC}'" ;;
 esac
 
 # Already inside the guest (a nested TCG VM would crawl): just run it.

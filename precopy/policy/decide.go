@@ -50,8 +50,9 @@ func Skip(cfg Config, memoryBytes uint64) (bool, Reason) {
 // pure: the same rounds and elapsed give the same decision.
 //
 // In order, it stops when round 1 found the container too small; when the
-// predicted final freeze meets the target (after one round only if even
-// rewriting every page would); when the load rewrote nearly all its memory
+// predicted final freeze meets the target (after a full round 1 only if
+// even rewriting every page would; an incremental one predicts from its
+// own count); when the load rewrote nearly all its memory
 // during the last round (its page tables' count, from round 1 on) or
 // between two rounds, or dirties faster than CRIU copies (cannot-converge);
 // when the rounds stopped shrinking by MinShrink (converged if what is left

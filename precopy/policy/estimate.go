@@ -83,7 +83,7 @@ func DirtyRate(rounds []Round) (pagesPerSecond float64, ok bool) {
 // from its soft-dirty reset to the count right after it (Dirtied over
 // DirtiedAfter), the same distinct-page count over a known time as a later
 // round's pages_written: its prediction is the count's, not every resident
-// page (it still goes on to round 2: see Decide). A full round 1 has the
+// page (but little-gain does not stop it there: see Decide). A full round 1 has the
 // same count, but the stop rules were validated on recordings (testdata)
 // that take the rate from round 2 and have no count; until they are
 // recorded again with it, a full round 1 predicts the worst case.
