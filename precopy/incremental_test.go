@@ -293,3 +293,36 @@ func TestWriteBackKeptPages(t *testing.T) {
 		}
 	}
 }
+
+// TestIncrementalDefersTheKeptImagesFlatten: a leave-running checkpoint of
+// a task checkpointed before, with the flattens deferred, dumps round 1 on
+// the kept image and round 2 on round 1, flattens nothing before the final
+// dump, and after it round 1 (consuming the kept image), round 2 and the
+// final dump, in that order.
+func TestIncrementalDefersTheKeptImagesFlatten(t *testing.T) {
+	e, f := incrementalEngine(t)
+	checkpointInto(t, e, f, "image1")
+	var flattens []string
+	flatten := e.Flatten
+	e.Flatten = func(dir, within string) (imagechain.Result, error) {
+		flattens = append(flattens, filepath.Base(dir))
+		return flatten(dir, within)
+	}
+	r := e.PreCopy(t.Context(), TriggerPause, nil, true)
+	parents := []string{f.predumps[2].Parent, f.predumps[3].Parent}
+	if !slices.Equal(parents, []string{"../round-0", "../round-1"}) || len(flattens) != 0 || !slices.Equal(r.pending, []int{1, 2}) {
+		t.Fatalf("rounds dumped on %q, flattens %q, pending %v: want a chain down to the kept image, nothing flattened", parents, flattens, r.pending)
+	}
+	report := checkpointThawing(t, e, f, r, "image2")
+	if want := []string{"round-1", "round-2", "image2"}; !slices.Equal(flattens, want) {
+		t.Errorf("flattens %q, want %q", flattens, want)
+	}
+	if inc := report.Incremental; inc == nil || inc.Parent == nil || inc.Parent.Number != 1 || !inc.Kept {
+		t.Errorf("incremental %+v: want checkpoint 1 as parent, this one kept", inc)
+	}
+	for _, rd := range report.Rounds {
+		if !rd.FlattenAfterDump {
+			t.Errorf("round %d: %+v; want its flatten after the dump", rd.Index, rd)
+		}
+	}
+}
