@@ -304,7 +304,7 @@ func (e *Engine) run(ctx context.Context, cfg policy.Config, interrupt <-chan st
 // round runs round i on top of r's image and makes it r's image, chained
 // to the previous one until it is flattened (flattenNext).
 func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, error) {
-	d := Dirs{Image: roundDir(r, i), Work: filepath.Join(r.dir, fmt.Sprintf("work-%d", i))}
+	d := Dirs{Image: roundDir(r.dir, i), Work: filepath.Join(r.dir, fmt.Sprintf("work-%d", i))}
 	for _, dir := range []string{d.Image, d.Work} {
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			return policy.Round{}, err
@@ -333,17 +333,15 @@ func (e *Engine) round(ctx context.Context, i int, r *Rounds) (policy.Round, err
 	// of its parent's.
 	round.ImageBytes = dirBytes(d.Image)
 	if d.Parent != "" {
-		if len(r.pending) == 0 {
-			r.base = r.image
-		}
 		r.pending = append(r.pending, i)
 	}
 	r.image = d.Image
 	return round, nil
 }
 
-// roundDir is round i's image dir.
-func roundDir(r *Rounds, i int) string { return filepath.Join(r.dir, fmt.Sprintf("round-%d", i)) }
+// roundDir is round i's image dir in rounds dir dir; round 0 is the kept
+// image an incremental round 1 dumps against (Engine.adopt).
+func roundDir(dir string, i int) string { return filepath.Join(dir, fmt.Sprintf("round-%d", i)) }
 
 // flattenNext makes r's oldest round waiting for its flatten stand alone,
 // recording what that did in its statistics (r.Report.Rounds), and removes
@@ -356,8 +354,8 @@ func (e *Engine) flattenNext(r *Rounds) error {
 	}
 	i := r.pending[0]
 	round := &r.Report.Rounds[i-1]
-	dir := roundDir(r, i)
-	parentBytes := dirBytes(r.base)
+	dir, parent := roundDir(r.dir, i), roundDir(r.dir, i-1)
+	parentBytes := dirBytes(parent)
 	f := e.Now()
 	res, err := e.Flatten(dir, r.dir)
 	if err != nil {
@@ -370,14 +368,10 @@ func (e *Engine) flattenNext(r *Rounds) error {
 	}
 	// The round is complete without it: a parent left behind only takes
 	// room until the rounds are discarded.
-	if err := os.RemoveAll(r.base); err != nil {
+	if err := os.RemoveAll(parent); err != nil {
 		e.Log.Warnf("precopy: remove round %d's parent after its flatten: %v", i, err)
 	}
 	r.pending = r.pending[1:]
-	r.base = dir
-	if len(r.pending) == 0 {
-		r.base = ""
-	}
 	// What the round added is now the growth of the flat image over its
 	// parent's.
 	round.ImageBytes = dirBytes(dir) - parentBytes

@@ -240,7 +240,7 @@ func (e *Engine) adopt(k *keptImage, into string) (string, time.Duration, error)
 	if copied {
 		cost = e.Now().Sub(start)
 	}
-	dst := filepath.Join(into, "round-0")
+	dst := roundDir(into, 0)
 	if err := os.Rename(k.dir, dst); err != nil {
 		return "", 0, err
 	}

@@ -19,11 +19,10 @@ type Rounds struct {
 	dir   string
 	image string
 	// pending are the rounds (their indices, oldest first) whose flatten
-	// waits (Engine.deferFlattens), each chained to the one before it,
-	// the oldest to base, which stands alone; none, and base "", when
-	// image is flat.
+	// waits (Engine.deferFlattens), each chained to the round before it
+	// (round 0: the adopted kept image), which for the oldest stands
+	// alone; none when image is flat.
 	pending []int
-	base    string
 	// parent is the earlier checkpoint whose kept image round 1 dumped
 	// against (Engine.Incremental), what making its files the rounds' own
 	// cost; nil when there was none, and noParent says why.
@@ -41,7 +40,7 @@ func (r *Rounds) PreCopied() bool { return r.image != "" }
 // one-shot.
 func (r *Rounds) Discard() error {
 	dir := r.dir
-	r.image, r.dir, r.pending, r.base = "", "", nil, ""
+	r.image, r.dir, r.pending = "", "", nil
 	if dir == "" {
 		return nil
 	}
