@@ -54,12 +54,14 @@ esac
 
 # PRECOPY_VM_PREALLOC=1: qemu backs all of the guest's memory before it
 # boots (-mem-prealloc). This host is itself a VM that hands freed memory
-# back to its host (free page reporting), so a page it has not used lately
-# costs 10-20 us at its first touch (2 GiB: 9.7 s, 5.0 s with huge pages,
-# against 0.08 s touched again). Without it every guest page qemu backs
-# for the first time pays that inside whatever the guest is doing then.
-# Benchmarks pay it once, before the boot, instead of inside what they
-# measure. It is not the only noise under TCG: with it, the periodic
+# back to its host (free page reporting), so memory it has not used lately
+# costs at its first touch: `go run ./hack/firsttouch -gib 2` took 5.0-6.1 s
+# in 4 KiB pages (~10 us a page), 0.46 s with huge pages, against 0.03 s
+# touched again. Without it every guest page qemu backs for the first time
+# pays that inside whatever the guest is doing then (the smaller figure
+# where the guest's memory gets huge pages). Benchmarks pay it once, before
+# the boot, instead of inside what they measure. It is not the only noise
+# under TCG, nor the largest: with it, the periodic
 # bench's final dumps still froze 0.9-3.6 s in one run (33a9d28), most of
 # the spread in the execs CRIU runs (tar and gzip per tmpfs mount).
 prealloc=()
